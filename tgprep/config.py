@@ -24,7 +24,7 @@ class BuildConfig:
     allow_missing: bool = False       # go on without listed videos that are not on disk
     fps: float | None = None          # keep this many frames per second; None keeps every frame
     short_side: int = 256             # resize so the short side is this (never upscaled); 0 keeps size
-    quality: int = 95                 # JPEG quality of stored frames
+    quality: int = 90                 # JPEG quality of stored RGB and TG frames (see BENCHMARKS.md)
     videos_per_shard: int = 100       # videos per tar; ~100 HMDB-51 videos make a few hundred MB
     timeout: float = 300.0            # seconds one video may take to decode before it is a failure
     workers: int = 0                  # parallel processes; 0 = one per core

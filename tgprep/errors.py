@@ -1,4 +1,8 @@
-"""The exceptions tgprep raises for problems a user can fix; the CLI prints them as one line."""
+"""The exceptions tgprep raises for problems a user can fix, and the click group that prints them as one line."""
+
+import sys
+
+import click
 
 
 class UserError(Exception):
@@ -10,3 +14,19 @@ class UserError(Exception):
 
 class MissingVideosError(UserError):
     """Videos named by the official lists are not on disk (and --allow-missing was not given)."""
+
+
+class OneLineErrors(click.Group):
+    """A command group that turns UserError into one line on stderr and exit code 2, never a traceback."""
+
+    interrupted = "interrupted: run the same command again to resume"
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo(self.interrupted, err=True)
+            sys.exit(130)

@@ -1,0 +1,306 @@
+"""`tgprep build`: scan the dataset, draw the splits, write manifests, then run the shard plan; resumable."""
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import queue
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import Queue
+from pathlib import Path
+
+import av
+import numpy
+import PIL
+from tqdm import tqdm
+
+import tgprep
+from tgprep import datasets, synth
+from tgprep.config import BuildConfig
+from tgprep.datasets.common import Listing, Record
+from tgprep.errors import MissingVideosError, UserError
+from tgprep.sample import make_sample
+from tgprep.shards import SETS, ShardTask, finished, plan_shards, write_json_atomic, write_shard
+from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
+from tgprep.video import decode
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for the summary the CLI prints and for programs that call build()."""
+
+    out: Path
+    listing: Listing
+    splits: Splits
+    sidecars: list[dict] = field(default_factory=list)   # one per shard, finished now or earlier
+    failures: list[dict] = field(default_factory=list)   # every video that is in no shard, with its reason
+    resumed: int = 0                                     # shards an earlier run had finished
+    frames_written: int = 0                              # frames decoded and stored by this run
+    seconds: float = 0.0
+
+    @property
+    def videos(self) -> int:
+        return len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val) + len(self.listing.missing)
+
+
+def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
+    """Run a whole build (or, with config.dry_run, everything up to the shards) and return its report."""
+    start = time.perf_counter()
+    if config.dataset == "synthetic" and not config.root:
+        config.root = str(default_synthetic_root())
+        synth.generate(Path(config.root), synth.SynthConfig())
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        listing = datasets.scan(config)
+        check_missing(listing, config, out)
+        splits = choose_splits(listing, config)
+        tasks = plan_shards(splits, config.videos_per_shard, config.seed)
+        complete = prepare_output(out, config, tasks)
+        if not (config.dry_run and complete):
+            write_manifests(out, listing, splits, config, command, tasks)
+        report = BuildReport(out, listing, splits)
+        if not config.dry_run:
+            run_plan(report, tasks, config)
+            finish_output(report, config, command, tasks)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def default_synthetic_root() -> Path:
+    """Where `--dataset synthetic` without --root keeps the generated videos (made once, then reused)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "tgprep" / "synthetic"
+
+
+@contextmanager
+def output_lock(out: Path):
+    """Refuse a second build into the same output while one runs; the OS drops the lock if we are killed."""
+    with open(out / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another tgprep build is writing here; wait for it or use another --out") from None
+        yield
+
+
+def check_missing(listing: Listing, config: BuildConfig, out: Path) -> None:
+    """Listed videos that are not on disk stop the build unless --allow-missing; their list is written."""
+    if not listing.missing:
+        return
+    write_list(out / "missing.txt", listing.missing)
+    per_split = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.split for r in listing.missing).items()))
+    what = f"{len(listing.missing)} listed videos are not under {config.root} ({per_split}); list in {out / 'missing.txt'}"
+    if not config.allow_missing:
+        raise MissingVideosError(f"{what}; add --allow-missing to build without them")
+    listing.notes.append(f"warning: {what}; building without them")
+
+
+def choose_splits(listing: Listing, config: BuildConfig) -> Splits:
+    if not listing.train:
+        raise UserError(f"{config.root}: no video of the {config.dataset} training pool was found; "
+                        "check --root, --annotations and --split")
+    if config.labeled_list:
+        path = Path(config.labeled_list)
+        labeled, unlabeled = select_listed(listing.train, read_video_list(path), path, listing.missing)
+    elif config.ratio is not None:
+        labeled, unlabeled = draw_labeled(listing.train, config.ratio, config.seed)
+    else:
+        raise UserError("say which training videos are labeled: --ratio R (e.g. 0.4) or --labeled-list FILE")
+    return Splits(labeled, unlabeled, listing.val)
+
+
+def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bool:
+    """Resume what this output holds if it was made by the same settings; refuse otherwise, or --overwrite.
+    Returns whether the output already holds this very build, complete."""
+    try:
+        previous = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    if previous is not None and not config.overwrite:
+        old = previous.get("config", {})
+        changed = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in config.identity().items() if old.get(k) != v]
+        if not changed and previous.get("plan") != plan_digest(tasks):
+            changed = ["the videos found (the plan of shards differs)"]
+        if changed:
+            raise UserError(f"{out}: holds a build made with {', '.join(changed[:3])}; "
+                            "use another --out, or --overwrite to replace it")
+    if config.overwrite and not config.dry_run:
+        clear_output(out)
+    for stale in out.glob("*.tar.tmp-*"):  # left by a killed run
+        stale.unlink()
+    return previous is not None and not config.overwrite and previous.get("status") == "complete"
+
+
+def clear_output(out: Path) -> None:
+    """Remove what a build writes, and nothing else."""
+    for pattern in ("*.tar", "*.tar.tmp-*", "labeled-*.json", "unlabeled-*.json", "val-*.json",
+                    "failures.jsonl", "missing.txt", "dataset.json"):
+        for path in out.glob(pattern):
+            path.unlink()
+    shutil.rmtree(out / "manifests", ignore_errors=True)
+
+
+def write_manifests(out: Path, listing: Listing, splits: Splits, config: BuildConfig,
+                    command: list[str] | None, tasks: list[ShardTask]) -> None:
+    for set_name, records in zip(SETS, (splits.labeled, splits.unlabeled, splits.val)):
+        write_list(out / "manifests" / f"{set_name}.txt", records)
+    write_json_atomic(out / "dataset.json", dataset_json(listing, splits, config, command, tasks, None))
+
+
+def dataset_json(listing: Listing, splits: Splits, config: BuildConfig, command, tasks, shards) -> dict:
+    """The output root's description: how it was made, what is in it, and whether the shards are complete."""
+    sets = dict(zip(SETS, (splits.labeled, splits.unlabeled, splits.val)))
+    return {
+        "status": "complete" if shards is not None else "planned",
+        "command": command,
+        "config": config.settings(),
+        "plan": plan_digest(tasks),
+        "classes": listing.classes,
+        "videos": {name: len(records) for name, records in sets.items()},
+        "per_class": {name: class_counts(records, listing.classes) for name, records in sets.items()},
+        "missing": len(listing.missing),
+        "unlisted": listing.unlisted,
+        "notes": listing.notes,
+        "shards": shards,
+        "versions": versions(),
+    }
+
+
+def plan_digest(tasks: list[ShardTask]) -> str:
+    text = "\n".join(f"{t.name} {' '.join(r.key for r in t.records)}" for t in tasks)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def versions() -> dict:
+    return {"tgprep": tgprep.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "pillow": PIL.__version__, "av": av.__version__}
+
+
+def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -> None:
+    """Write every shard that is not finished yet, with a progress bar over videos."""
+    todo = []
+    for task in tasks:
+        sidecar = finished(report.out, task)
+        if sidecar is None:
+            todo.append(task)
+        else:
+            report.sidecars.append(sidecar)
+    report.resumed = len(report.sidecars)
+    work = partial(_shard_work, out=report.out, root=Path(config.root), config=config)
+    total = sum(len(t.records) for t in todo)
+    with tqdm(total=total, unit="video", desc="build", dynamic_ncols=True, disable=None) as bar:
+        frames = 0
+
+        def progress(n_frames: int) -> None:
+            nonlocal frames
+            frames += n_frames
+            bar.set_postfix_str(f"{frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s", refresh=False)
+            bar.update(1)
+
+        report.sidecars += LocalExecutor(config.workers).run(work, todo, progress)
+        report.frames_written = frames
+    report.sidecars.sort(key=lambda s: s["shard"])
+
+
+def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> None:
+    report.failures = [{"key": r.key, "path": r.path, "set": r.split, "reason": "missing: listed but not on disk"}
+                       for r in report.listing.missing]
+    report.failures += [f for s in report.sidecars for f in s["failures"]]
+    lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in report.failures)
+    (report.out / "failures.jsonl").write_text(lines)
+    shards = [{k: s[k] for k in ("shard", "set", "samples", "frames", "bytes", "sha256")} for s in report.sidecars]
+    write_json_atomic(report.out / "dataset.json",
+                      dataset_json(report.listing, report.splits, config, command, tasks, shards))
+
+
+# -- executing the plan ---------------------------------------------------------------------------------
+
+def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildConfig) -> dict:
+    """One shard task: decode each video, make its sample, write the tar and its sidecar."""
+
+    def make(record: Record, with_label: bool) -> dict:
+        frames = 0
+        try:
+            video = decode(root / record.path, config.short_side, config.timeout)
+            frames = len(video.frames)
+            return make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label)
+        finally:
+            progress(frames)
+
+    return write_shard(out, task, make)
+
+
+class LocalExecutor:
+    """Runs shard tasks on this machine's cores. A cluster engine can take its place: all a build needs is
+    run(work, tasks, progress), which calls work(task, progress_fn) for every task and returns the results."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or os.cpu_count() or 1
+
+    def run(self, work, tasks: list, progress) -> list:
+        if self.workers == 1 or len(tasks) <= 1:
+            return [work(task, progress) for task in tasks]
+        events = Queue()
+        with ProcessPoolExecutor(min(self.workers, len(tasks)), initializer=_init_worker, initargs=(events,)) as pool:
+            pending = {pool.submit(_run_in_worker, work, task) for task in tasks}
+            results = []
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, progress)
+                results += [future.result() for future in done]
+            _drain(events, progress)
+        return results
+
+
+_events = None  # the parent's progress queue, in each worker process
+
+
+def _init_worker(events: Queue) -> None:
+    global _events
+    _events = events
+
+
+def _run_in_worker(work, task):
+    return work(task, _events.put)
+
+
+def _drain(events: Queue, progress) -> None:
+    while True:
+        try:
+            progress(events.get_nowait())
+        except queue.Empty:
+            return
+
+
+def summary(report: BuildReport, dry_run: bool) -> str:
+    """The table printed at the end of a build: per set, and the totals."""
+    lines = list(report.listing.notes)
+    sets = dict(zip(SETS, (report.splits.labeled, report.splits.unlabeled, report.splits.val)))
+    missing = Counter(r.split for r in report.listing.missing)
+    if dry_run:
+        lines.append(f"{'set':<10} {'videos':>8} {'classes':>8}")
+        for name, records in sets.items():
+            lines.append(f"{name:<10} {len(records):>8} {len({r.label for r in records}):>8}")
+        lines.append(f"missing: {missing.get('train', 0)} of the training pool, {missing.get('val', 0)} of val; "
+                     f"{report.listing.unlisted} videos on disk in no list")
+        lines.append(f"dry run: manifests and dataset.json written to {report.out}")
+        return "\n".join(lines)
+    failed = Counter(f["set"] for f in report.failures)
+    lines.append(f"{'set':<10} {'videos':>8} {'frames':>10} {'MB':>9} {'failed':>7}")
+    for name in SETS:
+        done = [s for s in report.sidecars if s["set"] == name]
+        lines.append(f"{name:<10} {sum(s['samples'] for s in done):>8} {sum(s['frames'] for s in done):>10} "
+                     f"{sum(s['bytes'] for s in done) / 1e6:>9.1f} {failed.get(name, 0):>7}")
+    lines.append(f"{len(report.failures)} of {report.videos} videos failed (see failures.jsonl)" if report.failures
+                 else f"all {report.videos} videos written")
+    lines.append(f"{len(report.sidecars)} shards ({report.resumed} from an earlier run) in {report.out}; "
+                 f"{report.seconds:.1f} s, {report.frames_written / max(report.seconds, 1e-9):.0f} frames/s")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The shard plan, atomic shard writing with a .json sidecar per tar, and the output root's files."""
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import webdataset as wds
+
+from tgprep.datasets.common import Record
+from tgprep.splits import Splits
+
+SETS = ("labeled", "unlabeled", "val")
+
+
+@dataclass
+class ShardTask:
+    """One tar to write: which videos go in, in which order."""
+
+    name: str                 # e.g. "labeled-000003": the tar is {name}.tar, its sidecar {name}.json
+    set: str                  # labeled | unlabeled | val
+    records: list[Record]
+
+
+def plan_shards(splits: Splits, videos_per_shard: int, seed: int) -> list[ShardTask]:
+    """Cut each set into shards. Training videos are shuffled (seeded) so that every shard mixes
+    classes; val keeps key order. The plan depends only on the splits, the shard size and the seed."""
+    tasks = []
+    for number, (set_name, records) in enumerate(zip(SETS, (splits.labeled, splits.unlabeled, splits.val))):
+        records = sorted(records)
+        if set_name != "val":
+            order = np.random.default_rng([seed, number]).permutation(len(records))
+            records = [records[i] for i in order]
+        for index, start in enumerate(range(0, len(records), videos_per_shard)):
+            tasks.append(ShardTask(f"{set_name}-{index:06d}", set_name, records[start:start + videos_per_shard]))
+    return tasks
+
+
+def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool], dict]) -> dict:
+    """Write one tar under a temporary name, rename it, then write its sidecar: a tar with a sidecar is done.
+
+    make_sample(record, with_label) returns the sample, or raises for a video that cannot be made; such a
+    video goes into the sidecar's failures with its reason, and the shard goes on.
+    """
+    tmp = out / f"{task.name}.tar.tmp-{os.getpid()}"
+    classes, keys, failures, frames = Counter(), [], [], 0
+    with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as tar:
+        for record in task.records:
+            try:
+                sample = make_sample(record, task.set != "unlabeled")
+            except Exception as e:  # a bad video is recorded, never fatal
+                failures.append(failure(record, task.set, e))
+                continue
+            tar.write(sample)
+            keys.append(record.key)
+            classes[record.class_name] += 1
+            frames += json.loads(sample["json"])["frames"]
+    tar_path = out / f"{task.name}.tar"
+    os.replace(tmp, tar_path)
+    sidecar = {
+        "shard": tar_path.name,
+        "set": task.set,
+        "samples": len(keys),
+        "frames": frames,
+        "bytes": tar_path.stat().st_size,
+        "sha256": file_sha256(tar_path),
+        "classes": dict(sorted(classes.items())),
+        "keys": keys,
+        "failures": failures,
+    }
+    write_json_atomic(out / f"{task.name}.json", sidecar)
+    return sidecar
+
+
+def failure(record: Record, set_name: str, error: BaseException) -> dict:
+    """A failures.jsonl line: which video, in which set, and why."""
+    reason = str(error) or type(error).__name__
+    if type(error).__name__ != "VideoError":  # not a decoding verdict: say what broke
+        reason = f"{type(error).__name__}: {reason}"
+    return {"key": record.key, "path": record.path, "set": set_name, "reason": reason}
+
+
+def finished(out: Path, task: ShardTask) -> dict | None:
+    """The sidecar of a shard that an earlier run finished for exactly these videos, else None."""
+    try:
+        sidecar = json.loads((out / f"{task.name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = set(sidecar.get("keys", [])) | {f["key"] for f in sidecar.get("failures", [])}
+    if done != {r.key for r in task.records} or not (out / sidecar["shard"]).is_file():
+        return None
+    return sidecar
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
