@@ -1,0 +1,1 @@
+"""tgtrain: a streaming semi-supervised trainer for action recognition with temporal gradients."""
