@@ -301,50 +301,54 @@ def train_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: i
 # -- evaluation --------------------------------------------------------------------------------------------
 
 class EvalStream(IterableDataset):
-    """Every video of this rank's and worker's shards once, as clips x crops RGB squares (see eval_stream)."""
+    """Every video of this rank's and worker's shards once, as clips x crops squares (see eval_stream)."""
 
-    def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, clips, crops):
+    def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, clips, crops, modality):
         if crops not in (1, 3):
             raise ValueError(f"crops must be 1 (centre) or 3 (start, centre, end), not {crops}")
+        if modality not in ("rgb", "tg"):
+            raise ValueError(f"modality must be rgb or tg, not {modality!r}")
         rank, world = node()
         self.urls = list(urls)[rank::world]
         self.batch_size, self.clip_len, self.interval, self.size, self.reduce = (
             batch_size, clip_len, interval, size, reduce)
         self.clips, self.positions = clips, (0.5,) if crops == 1 else (0.0, 0.5, 1.0)
+        self.modality = modality
 
     def __iter__(self):
         number, workers = worker()
         shards = ({"url": url} for url in self.urls[number::workers])
         views = (self.views(sample) for sample in tar_samples(shards))
         for batch in batched(views, self.batch_size, partial=True):
-            yield collate(batch, ("rgb",))
+            yield collate(batch, (self.modality,))
 
     def views(self, sample: dict) -> dict:
         try:
             meta, label, _ = parse(sample, labeled=True)
-            if meta["frames"] < 1:
+            n = meta["tg_frames"] if self.modality == "tg" else meta["frames"]
+            if n < 1:
                 raise SampleError(f"sample {sample['__key__']}: no frames")
-            indices = np.stack(test_indices(meta["frames"], self.clip_len, self.interval, self.clips))
+            indices = np.stack(test_indices(n, self.clip_len, self.interval, self.clips))
             # decode each distinct frame once for all clips, crop it once per position, gather with one copy
             unique, inverse = np.unique(indices, return_inverse=True)
-            frames = decode_frames(sample, "rgb", unique.tolist(), reduce_for(meta, self.size, self.reduce))
+            frames = decode_frames(sample, self.modality, unique.tolist(), reduce_for(meta, self.size, self.reduce))
             views = np.empty((len(self.positions), *indices.shape, self.size, self.size, 3), np.uint8)
             for view, position in zip(views, self.positions):
                 np.take(crop_square(frames, position, self.size), inverse.reshape(indices.shape), axis=0,
                         out=view, mode="clip")  # "clip": unbuffered; the indices are in range anyway
         except SampleError as e:
             raise in_shard(sample, e) from None
-        return {"rgb": views.reshape(-1, *views.shape[2:]), "label": label, "key": sample["__key__"]}
+        return {self.modality: views.reshape(-1, *views.shape[2:]), "label": label, "key": sample["__key__"]}
 
 
 def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, clips: int, crops: int,
-                reduce: int | None = None) -> IterableDataset:
-    """Evaluation batches, every video of the shards exactly once over all ranks and workers: "rgb" uint8
-    (B, crops * clips, T, S, S, 3) with view v = crop * clips + clip, "label" int64 (B,), "key" list[str].
-    The last batch of each worker may be smaller. Shards are split by rank, then by worker: a rank or worker
-    left without a shard yields nothing."""
+                reduce: int | None = None, modality: str = "rgb") -> IterableDataset:
+    """Evaluation batches, every video of the shards exactly once over all ranks and workers: "rgb" (or "tg",
+    to check LTG's TG network) uint8 (B, crops * clips, T, S, S, 3) with view v = crop * clips + clip,
+    "label" int64 (B,), "key" list[str]. The last batch of each worker may be smaller. Shards are split by
+    rank, then by worker: a rank or worker left without a shard yields nothing."""
     return EvalStream(urls, batch_size=batch_size, clip_len=clip_len, interval=interval, size=size,
-                      reduce=reduce, clips=clips, crops=crops)
+                      reduce=reduce, clips=clips, crops=crops, modality=modality)
 
 
 def loader(stream: IterableDataset, workers: int) -> DataLoader:

@@ -1,0 +1,267 @@
+"""tgtrain's loop and commands on real shards with a micro model: DDP, resume, the run folder, eval, bad input."""
+
+import json
+import os
+import shutil
+import socket
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.test_build import moving_bar
+from tgprep.build import build
+from tgprep.config import BuildConfig
+from tgprep.video import encode_video
+from tgtrain.cli import main
+from tgtrain.config import make_config, to_toml
+from tgtrain.engine import train
+
+CLASSES = ["jump", "run", "wave"]
+# A model of a few thousand parameters on 16x16 clips of 4 frames: an epoch takes well under a second.
+MICRO = dict(width=4, blocks=(1, 1, 1, 1), proj_dim=8, size=16, load_size=16, clip_len=4, frame_interval=2,
+             batch_size=4, epochs=2, workers=0, warmup_epochs=1, supervised_epochs=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on two shared cores, more threads wait on each other (see engine.share_cpu)."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # engine.share_cpu then leaves the thread count alone
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """3 classes x 6 videos of 12 frames, 4 videos per shard: labeled, unlabeled and val each hold 6 videos,
+    in shards of 4 and 2 samples, so two ranks get uneven shards."""
+    root, out = tmp_path_factory.mktemp("videos"), tmp_path_factory.mktemp("shards")
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(6):
+            encode_video(root / name / f"v{i}.avi", moving_bar(12, seed=10 * c + i, size=(32, 24)), fps=25)
+    build(BuildConfig(dataset="folder", root=str(root), out=str(out), ratio=0.5, val_fraction=0.3,
+                      videos_per_shard=4, short_side=0, workers=1))
+    sizes = {p.name: json.loads(p.read_text())["samples"] for p in out.glob("*-0*.json")}
+    assert sorted(sizes.values()) == [2, 2, 2, 4, 4, 4], sizes
+    return out
+
+
+def micro(data: Path, out: Path, method: str = "ltg", **changes):
+    return make_config("tiny", data=str(data), out=str(out), method=method, **{**MICRO, **changes})
+
+
+def state_dict_of(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different
+
+
+def tgtrain(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def ltg_run(shards, tmp_path_factory) -> Path:
+    """A finished `tgtrain run --method ltg` of the micro model, its settings given as a --config file."""
+    folder = tmp_path_factory.mktemp("run")
+    settings = folder / "micro.toml"
+    settings.write_text(to_toml(micro(shards, folder / "ltg")))
+    result = tgtrain("run", "--preset", "tiny", "--config", settings, "--data", shards, "--out", folder / "ltg",
+                     "--method", "ltg")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stdout.startswith("ltg: best val top-1 ")
+    return folder / "ltg"
+
+
+# -- DDP ---------------------------------------------------------------------------------------------------
+
+def _ddp_rank(rank: int, config, port: int, folder: Path) -> None:
+    """One rank as torchrun would start it. A global forward hook catches the method module, so that every rank
+    can save its final parameters, not only rank 0 in its checkpoint."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    seen = []
+    torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: seen.append(module) if type(module).__name__ in ("LTG", "Supervised") else None)
+    train(config)
+    torch.save(seen[-1].state_dict(), folder / f"rank{rank}.pt")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("method", ["ltg", "supervised"])  # ltg also gathers features across ranks
+def test_two_ranks_on_uneven_shards_finish_with_the_same_parameters(shards, tmp_path, method):
+    ranks = mp.spawn(_ddp_rank, args=(micro(shards, tmp_path / "run", method), free_port(), tmp_path), nprocs=2,
+                     join=False)
+    deadline = time.monotonic() + 120
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("a 2-rank run did not finish in 120 s: a rank hangs")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same_tensors(rank0, rank1)  # BN statistics included
+    assert_same_tensors(rank0, state_dict_of(tmp_path / "run" / "last.pt"))
+
+
+# -- resume ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_gives_the_parameters_of_an_uninterrupted_run(shards, tmp_path, workers):
+    whole = micro(shards, tmp_path / "whole", workers=workers)
+    train(whole)
+    train(replace(whole, out=str(tmp_path / "halves"), epochs=1))
+    train(replace(whole, out=str(tmp_path / "halves")), resume=True)
+    assert_same_tensors(state_dict_of(tmp_path / "whole" / "last.pt"), state_dict_of(tmp_path / "halves" / "last.pt"))
+    lines = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("whole", "halves")]
+    records = [{k: v for k, v in json.loads(line).items() if k != "clips_per_s"} for line in lines[0] + lines[1]]
+    assert records[:2] == records[2:]  # the same losses, lr and val top-1 per epoch
+
+
+# -- the run folder, eval, predict -------------------------------------------------------------------------
+
+def test_run_folder_holds_config_metrics_curves_and_checkpoints(ltg_run, shards):
+    assert make_config(file=str(ltg_run / "config.toml")) == micro(shards, ltg_run)
+    records = [json.loads(line) for line in (ltg_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert r["loss"] > 0 and r["lr"] > 0 and 0 <= r["val_top1"] <= 100
+    assert "mask_rate" not in records[0]  # the supervised warm-up epoch has no pseudo-labels
+    assert 0 <= records[1]["mask_rate"] <= 1 and 0 <= records[1]["pseudo_acc"] <= 1
+    with Image.open(ltg_run / "curves.png") as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+        assert len(image.getcolors(1 << 16)) > 2  # axes, text and curves, not a blank canvas
+    last, best = (torch.load(ltg_run / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert last["epoch"] == 2 and last["classes"] == CLASSES and last["config"]["width"] == 4
+    assert best["epoch"] == best["best_epoch"] and best["best"] == max(r["val_top1"] for r in records)
+
+
+def test_eval_prints_top1_top5_and_a_table_per_class(ltg_run, shards):
+    result = tgtrain("eval", "--ckpt", ltg_run / "best.pt", "--data", shards, "--clips", 2, "--crops", 3,
+                     "--workers", 0)
+    assert result.exit_code == 0, result.output + result.stderr
+    head, columns, *rows = result.stdout.splitlines()
+    assert head.startswith("top-1 ") and "top-5 100.0 %" in head and "(6 videos)" in head
+    assert columns.split() == ["class", "videos", "top-1", "%"]
+    assert sorted(row.split()[0] for row in rows) == CLASSES and all(row.split()[1] == "2" for row in rows)
+    # one centre clip and crop is the validation protocol: the same top-1 as the best epoch's
+    single = tgtrain("eval", "--ckpt", ltg_run / "best.pt", "--data", shards, "--clips", 1, "--crops", 1,
+                     "--workers", 0)
+    best = torch.load(ltg_run / "best.pt", weights_only=True)["best"]
+    assert single.stdout.startswith(f"top-1 {best:.1f} %")
+
+
+def test_predict_writes_scores_and_features_of_every_val_video(ltg_run, shards, tmp_path):
+    result = tgtrain("predict", "--ckpt", ltg_run / "best.pt", "--data", shards, "--out", tmp_path / "p.h5",
+                     "--clips", 2, "--crops", 1, "--workers", 1)
+    assert result.exit_code == 0, result.output + result.stderr
+    val = {key: CLASSES.index(key.split("_")[1]) for p in shards.glob("val-*.json")
+           for key in json.loads(p.read_text())["keys"]}
+    with h5py.File(tmp_path / "p.h5") as h5:
+        keys = [k.decode() for k in h5["keys"][:]]
+        labels, scores, features = h5["labels"][:], h5["scores"][:], h5["features"][:]
+    assert sorted(keys) == sorted(val) and len(keys) == 6
+    assert labels.tolist() == [val[k] for k in keys]
+    assert scores.shape == (6, 3) and abs(scores.sum(1) - 1).max() < 1e-5
+    assert features.shape == (6, 8 * MICRO["width"])  # the last stage is 8x the first
+
+
+# -- bad input: one line, exit code 2 ----------------------------------------------------------------------
+
+def copy_without(source: Path, folder: Path, pattern: str | None = None) -> Path:
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns(pattern) if pattern else None)
+    return folder
+
+
+def assert_one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def run_args(data: Path, out: Path, *more) -> list:
+    return ["run", "--preset", "tiny", "--data", data, "--out", out, "--workers", 0, *more]
+
+
+def test_missing_data_folder(tmp_path):
+    assert_one_line_error(tgtrain(*run_args(tmp_path / "nowhere", tmp_path / "out")), "nowhere", "tgprep build")
+
+
+def test_output_without_val_shards(shards, tmp_path):
+    data = copy_without(shards, tmp_path / "data", "val-*")
+    assert_one_line_error(tgtrain(*run_args(data, tmp_path / "out")), "no val shards")
+
+
+def test_truncated_shard(ltg_run, shards, tmp_path):
+    data = copy_without(shards, tmp_path / "data")
+    for tar in (data / "labeled-000001.tar", data / "val-000001.tar"):
+        tar.write_bytes(tar.read_bytes()[:-3000])
+    assert_one_line_error(tgtrain(*run_args(data, tmp_path / "out")), "labeled-000001.tar", "truncated")
+    assert_one_line_error(tgtrain("eval", "--ckpt", ltg_run / "best.pt", "--data", data, "--workers", 0),
+                          "val-000001.tar", "truncated")
+
+
+def test_damaged_shard_of_the_right_size(ltg_run, shards, tmp_path):
+    """A sample whose .json is garbage, the tar's size unchanged: found while reading, in the training process
+    (workers 0) or in a DataLoader worker (workers 1)."""
+    data = copy_without(shards, tmp_path / "data")
+    for name in ("labeled-000001.tar", "val-000001.tar"):
+        with tarfile.open(data / name) as tar:
+            meta = next(m for m in tar if m.name.endswith(".json"))
+        with open(data / name, "r+b") as f:
+            f.seek(meta.offset_data)
+            f.write(b"x" * meta.size)
+    assert_one_line_error(tgtrain(*run_args(data, tmp_path / "out")), "labeled-000001.tar", "not valid JSON")
+    assert_one_line_error(tgtrain("eval", "--ckpt", ltg_run / "best.pt", "--data", data, "--workers", 1),
+                          "val-000001.tar", "not valid JSON")
+
+
+def test_resume_of_a_run_of_another_model(ltg_run, shards, tmp_path):
+    out = copy_without(ltg_run, tmp_path / "run")
+    assert_one_line_error(tgtrain(*run_args(shards, out, "--resume", "--method", "supervised")), "last.pt", "--method")
+    wider = tmp_path / "wider.toml"
+    wider.write_text((out / "config.toml").read_text().replace("width = 4", "width = 8"))
+    assert_one_line_error(tgtrain(*run_args(shards, out, "--resume", "--config", wider)), "last.pt", "does not fit")
+    assert_one_line_error(tgtrain(*run_args(shards, tmp_path / "empty", "--resume")), "last.pt")
+
+
+def test_eval_with_a_checkpoint_of_other_classes(ltg_run, shards, tmp_path):
+    data = copy_without(shards, tmp_path / "data")
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "classes": CLASSES + ["swim"]}))
+    assert_one_line_error(tgtrain("eval", "--ckpt", ltg_run / "best.pt", "--data", data), "best.pt", "classes")
+
+
+@pytest.mark.parametrize("content", ["text", "tensor", "dict"])
+def test_a_file_that_is_not_a_checkpoint(shards, tmp_path, content):
+    ckpt = tmp_path / "model.pt"
+    if content == "text":
+        ckpt.write_text("not a checkpoint")
+    else:
+        torch.save(torch.zeros(3) if content == "tensor" else {"model": {}}, ckpt)
+    assert_one_line_error(tgtrain("eval", "--ckpt", ckpt, "--data", shards), "model.pt")
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(ckpt, out / "last.pt")
+    assert_one_line_error(tgtrain(*run_args(shards, out, "--resume")), "last.pt")

@@ -1,0 +1,54 @@
+"""Checkpoints: one dict holds everything needed to resume or evaluate; written atomically, read weights-only."""
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tgprep.errors import UserError
+
+
+KEYS = ("model", "optimizer", "config", "classes", "epoch", "best", "best_epoch")  # what save_checkpoint writes
+
+
+def save_checkpoint(out: Path, method, optimizer, config, classes, state, best: bool) -> None:
+    """last.pt every epoch (and best.pt when val improved), written under a temporary name and renamed."""
+    checkpoint = {"model": method.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
+                  "classes": classes, **state}
+    tmp = out / "last.pt.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out / "last.pt")
+    if best:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, out / "best.pt")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents; weights_only=True, so a checkpoint can hold tensors and plain values, never code."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint; give the last.pt or best.pt of a tgtrain run") from None
+    except Exception as e:
+        raise UserError(f"{path}: not a readable tgtrain checkpoint ({type(e).__name__}); was it written by tgtrain?") from None
+    if not isinstance(checkpoint, dict) or not checkpoint.keys() >= set(KEYS):
+        raise UserError(f"{path}: a torch file but not a tgtrain checkpoint (it lacks some of {', '.join(KEYS)}); "
+                        "give the last.pt or best.pt of a tgtrain run")
+    return checkpoint
+
+
+def load_checkpoint(path: Path, method, optimizer) -> dict:
+    """Restore a run's model and optimizer for --resume; returns its epoch and best-so-far."""
+    checkpoint = read_checkpoint(path)
+    load_weights(method, checkpoint, path)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return {k: checkpoint[k] for k in ("epoch", "best", "best_epoch")}
+
+
+def load_weights(module, checkpoint: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(checkpoint["model"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{path}: does not fit this model ({str(e).splitlines()[0]}); "
+                        "use the same --method / --preset / model settings it was trained with") from None

@@ -1,0 +1,231 @@
+"""The training loop: data, model, SGD with warm-up + cosine, DDP, checkpoints, metrics; readable in one sitting.
+
+Run it on one process (`tgtrain run ...`) or many (`torchrun --nproc-per-node N -m tgtrain run ...`): torchrun's
+environment switches DDP on. Every epoch starts from seeds derived from (seed, epoch, rank), and a checkpoint is
+written at the end of every epoch, so `--resume` continues exactly where an uninterrupted run would be.
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from tgprep.errors import UserError
+from tgtrain import data
+from tgtrain.checkpoint import load_checkpoint, load_weights, read_checkpoint, save_checkpoint
+from tgtrain.config import TrainConfig, to_toml
+from tgtrain.curves import plot_curves
+from tgtrain.evaluate import evaluate, format_report, write_predictions
+from tgtrain.methods import build_method
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    rank, world, device = setup_distributed(config.device)
+    _, autocast = device_and_autocast(device.type)
+    if device.type == "cpu":
+        share_cpu(config.workers, world)
+    out, root = Path(config.out), Path(config.data)
+    dataset = read_dataset(root)
+    classes = dataset["classes"]
+    labeled_urls = data.shard_urls(root, "labeled")
+    pool_urls = labeled_urls + (data.shard_urls(root, "unlabeled") if dataset["videos"]["unlabeled"] else [])  # the whole pool
+    val_urls = data.shard_urls(root, "val")
+
+    torch.manual_seed(config.seed)  # the initial weights: the same for every rank, and for a run and its resumption
+    method = build_method(config, len(classes)).to(device)
+    model = DistributedDataParallel(method) if world > 1 else method
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1}
+    if resume:
+        state = load_checkpoint(out / "last.pt", method, optimizer)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml(config))
+        if not resume:  # a fresh run starts a fresh log
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+
+    counts = dataset["videos"]
+    stream_videos = counts["labeled"] + counts["unlabeled"] if method.uses_unlabeled else counts["labeled"]
+    steps = max(1, math.ceil(stream_videos / (config.batch_size * world)))  # per epoch, the same on every rank
+    clips_per_step = config.batch_size * world * (2 if method.uses_unlabeled else 1)
+    peak_lr = config.lr * clips_per_step / 80  # the paper's 0.2 is for 80 clips per step
+
+    started = time.perf_counter()
+    for epoch in range(state["epoch"], config.epochs):
+        seed = config.seed * 100_003 + epoch * 1_009 + rank
+        torch.manual_seed(seed)  # dropout and anything else on the global generator
+        generator = torch.Generator().manual_seed(seed)  # augmentation parameters
+        use_unlabeled = method.uses_unlabeled and epoch >= config.supervised_epochs
+        batches = epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch)
+        model.train()
+        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
+                   unit="step", dynamic_ncols=True)
+        sums, tick = {}, time.perf_counter()
+        for step, (labeled, unlabeled) in enumerate(bar):
+            lr = learning_rate(epoch * steps + step, steps, config, peak_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            labeled, unlabeled = to_device(labeled, device), to_device(unlabeled, device)
+            with autocast:
+                loss, stats = model(labeled, unlabeled, use_unlabeled, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(method.parameters(), config.clip_grad)
+            optimizer.step()
+            for key, value in {"loss": loss.detach(), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            bar.set_postfix_str(f"loss {loss.item():.3f} lr {lr:.4f} "
+                                f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s", refresh=False)
+        bar.close()
+        record = {"epoch": epoch + 1, "lr": lr, **{k: v / steps for k, v in sums.items()},
+                  "clips_per_s": clips_per_step * steps / (time.perf_counter() - tick)}
+        if world > 1:
+            average_buffers(method)
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast)
+            if hasattr(method, "tg"):  # the teacher's accuracy: inference never uses it
+                record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast)
+            if record["val_top1"] > state["best"]:
+                state.update(best=record["val_top1"], best_epoch=epoch + 1)
+        state["epoch"] = epoch + 1
+        if rank == 0:
+            with open(out / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            save_checkpoint(out, method, optimizer, config, classes, state, best=state["best_epoch"] == epoch + 1)
+            plot_curves(out / "metrics.jsonl", out / "curves.png")
+    summary = {"rank": rank, "method": config.method, "best_top1": state["best"], "best_epoch": state["best_epoch"],
+               "chance": 1 / len(classes), "epochs": config.epochs, "minutes": (time.perf_counter() - started) / 60,
+               "out": str(out)}
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch):
+    """One epoch of (labeled, unlabeled) batch pairs; unlabeled is None for the supervised method.
+    The streams' draws depend on (seed, rank, worker, epoch) only, so a resumed run draws the same clips."""
+    common = dict(batch_size=config.batch_size, clip_len=config.clip_len, interval=config.frame_interval,
+                  size=config.load_size, modalities=method.modalities, epoch_batches=steps, epoch=epoch)
+    labeled = data.loader(data.train_stream(labeled_urls, labeled=True, seed=2 * config.seed, **common), config.workers)
+    if not method.uses_unlabeled:
+        return ((batch, None) for batch in labeled)
+    unlabeled = data.loader(data.train_stream(pool_urls, labeled=False, seed=2 * config.seed + 1, **common),
+                            config.workers)
+    return zip(labeled, unlabeled)
+
+
+def average_buffers(method) -> None:
+    """DDP keeps the parameters equal, but each rank updates its BN running statistics from its own batches after
+    DDP broadcasts rank 0's: average them, so that every rank validates, and rank 0 saves, one and the same model."""
+    for buffer in method.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)  # a sum: gloo has no average
+            buffer /= dist.get_world_size()
+
+
+def validate(net, modality: str, val_urls, config, device, autocast) -> float:
+    """Top-1 (%) of one network on one centre clip per val video, over all ranks."""
+    stream = data.eval_stream(val_urls, batch_size=config.batch_size * 2, clip_len=config.clip_len,
+                              interval=config.frame_interval, size=config.load_size, clips=1, crops=1,
+                              modality=modality)
+    found = evaluate(net, data.loader(stream, config.workers), device, autocast, crop=config.size, modality=modality)
+    return found["top1"]
+
+
+def learning_rate(step: int, steps_per_epoch: int, config: TrainConfig, peak: float) -> float:
+    """Linear warm-up over warmup_epochs, then a cosine that would reach 0 one step after the last."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    total = config.epochs * steps_per_epoch
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def setup_distributed(choice: str):
+    """(rank, world size, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them, one process."""
+    device, _ = device_and_autocast(choice)
+    cuda = device.type == "cuda"
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    dist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def share_cpu(workers: int, processes: int) -> None:
+    """Give torch's CPU threads only the cores the loader workers and other ranks leave free. Measured on two
+    busy cores: two threads made a training step 8x slower than one, as they spin waiting for each other."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes - workers))
+
+
+def to_device(batch, device):
+    if batch is None:
+        return None
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def read_dataset(root: Path) -> dict:
+    try:
+        return json.loads((root / "dataset.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"{root}: no dataset.json here; point --data at a `tgprep build` output folder") from None
+    except ValueError:
+        raise UserError(f"{root / 'dataset.json'}: not valid JSON; rebuild with tgprep build") from None
+
+
+
+
+def device_and_autocast(choice: str):
+    """The device a single process uses, and bf16 autocast on CUDA (a no-op context on the CPU)."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    device = torch.device("cuda" if torch.cuda.is_available() and choice != "cpu" else "cpu")
+    return device, torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def trained_rgb_net(ckpt: Path, data_root: Path, device):
+    """The RGB network of a checkpoint (inference is RGB-only), its config, and the classes; checked against the data."""
+    checkpoint = read_checkpoint(ckpt)
+    try:
+        config = TrainConfig(**{**checkpoint["config"], "blocks": tuple(checkpoint["config"]["blocks"])})
+        classes = checkpoint["classes"]
+    except (KeyError, TypeError):
+        raise UserError(f"{ckpt}: not a tgtrain checkpoint (no config or classes in it)") from None
+    if read_dataset(data_root)["classes"] != classes:
+        raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {data_root}; "
+                        "evaluate on the dataset it was trained on")
+    method = build_method(config, len(classes))
+    load_weights(method, checkpoint, ckpt)
+    return method.rgb.to(device), config, classes
+
+
+def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers):
+    stream = data.eval_stream(data.shard_urls(data_root, "val"), batch_size=batch_size, clip_len=config.clip_len,
+                              interval=config.frame_interval, size=config.load_size,
+                              clips=clips or config.test_clips, crops=int(crops or config.test_crops))
+    return data.loader(stream, workers)
+
+
+def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -> str:
+    """`tgtrain eval`: the paper's test protocol (clips x crops, full squares, RGB only) as a printable report."""
+    device, autocast = device_and_autocast(device)
+    net, config, classes = trained_rgb_net(ckpt, data, device)
+    found = evaluate(net, test_stream(config, data, clips, crops, batch_size, workers), device, autocast)
+    return format_report(found, classes)
+
+
+def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device) -> int:
+    """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
+    device, autocast = device_and_autocast(device)
+    net, config, classes = trained_rgb_net(ckpt, data, device)
+    return write_predictions(net, test_stream(config, data, clips, crops, batch_size, workers), device, autocast, out, classes)

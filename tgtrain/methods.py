@@ -1,0 +1,105 @@
+"""The three training methods, each an nn.Module whose forward(labeled, unlabeled, ...) returns one step's loss.
+
+Putting the loss inside forward lets DistributedDataParallel see every parameter a step uses. Inference is the
+RGB network alone (`method.rgb`), for every method: LTG's TG network only teaches during training.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgtrain import augment, losses
+from tgtrain.config import TrainConfig
+from tgtrain.models import VideoNet
+
+
+class Supervised(nn.Module):
+    """RGB network, labeled clips only, cross-entropy."""
+
+    modalities = ("rgb",)
+    uses_unlabeled = False
+
+    def __init__(self, config: TrainConfig, num_classes: int):
+        super().__init__()
+        self.config = config
+        self.rgb = VideoNet(num_classes, config.width, config.blocks, config.dropout, projection_dim=0)
+
+    def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
+        rgb, _ = augment.weak(labeled["rgb"], None, self.config.size, generator, area=(self.config.crop_area, 1.0))
+        loss = F.cross_entropy(self.rgb(augment.normalize(rgb)).logits.float(), labeled["label"])
+        return loss, {"loss_sup": loss.detach()}
+
+
+class FixMatch(Supervised):
+    """RGB network; pseudo-labels from the weak view of unlabeled clips train the strong view."""
+
+    uses_unlabeled = True
+
+    def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
+        c, b = self.config, len(labeled["label"])
+        rgb_l, _ = augment.weak(labeled["rgb"], None, c.size, generator, area=(c.crop_area, 1.0))
+        rgb_w, _ = augment.weak(unlabeled["rgb"], None, c.size, generator, area=(c.crop_area, 1.0))
+        views = [rgb_l, rgb_w] + ([augment.strong(rgb_w, generator, c.strong_ops, c.strong_magnitude)] if use_unlabeled else [])
+        logits = self.rgb(augment.normalize(torch.cat(views))).logits.float()
+        sup = F.cross_entropy(logits[:b], labeled["label"])
+        stats = {"loss_sup": sup.detach()}
+        if not use_unlabeled:
+            return sup, stats
+        labels, mask = losses.pseudo_labels(logits[b:2 * b], threshold=c.fixmatch_threshold)
+        unsup = losses.unlabeled_loss(logits[2 * b:], labels, mask)
+        stats.update(loss_unsup=unsup.detach(), **pseudo_label_stats(labels, mask, unlabeled))
+        return sup + unsup, stats
+
+
+class LTG(nn.Module):
+    """Learning from Temporal Gradient: an RGB and a TG network that teach each other.
+
+    Per step: supervised CE on labeled clips (both modalities); pseudo-labels from the averaged weak-view logits
+    of both train the strong views of both; dense alignment of RGB features to the (detached) TG features at all
+    four stages; cross-modal InfoNCE over the global batch. The unlabeled CE waits for the supervised warm-up.
+    """
+
+    modalities = ("rgb", "tg")
+    uses_unlabeled = True
+
+    def __init__(self, config: TrainConfig, num_classes: int):
+        super().__init__()
+        self.config = config
+        self.rgb = VideoNet(num_classes, config.width, config.blocks, config.dropout, config.proj_dim)
+        self.tg = VideoNet(num_classes, config.width, config.blocks, config.dropout, config.proj_dim)
+
+    def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
+        c, b = self.config, len(labeled["label"])
+        rgb_l, tg_l = augment.weak(labeled["rgb"], labeled["tg"], c.size, generator, area=(c.crop_area, 1.0))
+        rgb_w, tg_w = augment.weak(unlabeled["rgb"], unlabeled["tg"], c.size, generator, area=(c.crop_area, 1.0))
+        rgb_views, tg_views = [rgb_l, rgb_w], [tg_l, tg_w]
+        if use_unlabeled:  # strong ops drawn independently for RGB and TG
+            rgb_views.append(augment.strong(rgb_w, generator, c.strong_ops, c.strong_magnitude))
+            tg_views.append(augment.strong(tg_w, generator, c.strong_ops, c.strong_magnitude))
+        rgb = self.rgb(augment.normalize(torch.cat(rgb_views)))
+        tg = self.tg(augment.normalize(torch.cat(tg_views)))
+
+        sup = F.cross_entropy(rgb.logits[:b].float(), labeled["label"]) + F.cross_entropy(tg.logits[:b].float(), labeled["label"])
+        weak_rows = slice(0, 2 * b)  # labeled + weak unlabeled: the clips both networks see alike
+        align = losses.alignment([f[weak_rows] for f in rgb.features], [f[weak_rows] for f in tg.features])
+        contrast = losses.info_nce(losses.gather_with_grad(rgb.z[weak_rows]), losses.gather_with_grad(tg.z[weak_rows]),
+                                   c.temperature)
+        loss = c.weight_sup * sup + c.weight_align * align + c.weight_contrast * contrast
+        stats = {"loss_sup": sup.detach(), "loss_align": align.detach(), "loss_contrast": contrast.detach()}
+        if use_unlabeled:
+            labels, mask = losses.pseudo_labels(rgb.logits[b:2 * b], tg.logits[b:2 * b], threshold=c.threshold)
+            unsup = losses.unlabeled_loss(rgb.logits[2 * b:], labels, mask) + losses.unlabeled_loss(tg.logits[2 * b:], labels, mask)
+            loss = loss + c.weight_unsup * unsup
+            stats.update(loss_unsup=unsup.detach(), **pseudo_label_stats(labels, mask, unlabeled))
+        return loss, stats
+
+
+def pseudo_label_stats(labels, mask, unlabeled) -> dict:
+    """How many pseudo-labels were kept, and how many of those are right (the hidden true labels, never a loss)."""
+    kept = mask.float().sum()
+    right = ((labels == unlabeled["true_label"]) & mask).float().sum()
+    return {"mask_rate": kept / len(mask), "pseudo_acc": right / kept.clamp(min=1)}
+
+
+def build_method(config: TrainConfig, num_classes: int) -> nn.Module:
+    return {"supervised": Supervised, "fixmatch": FixMatch, "ltg": LTG}[config.method](config, num_classes)
