@@ -66,6 +66,8 @@ def test_dry_run_on_real_hmdb_clips_prints_the_counts(real_videos, real_annotati
                  "--ratio", "0.4", "--allow-missing", "--dry-run", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert "4 of 6766 listed videos found" in result.output
+    empty = next(line for line in result.output.splitlines() if "classes have no video left" in line)
+    assert empty.startswith("warning: 49 classes") and "brush_hair" in empty and "wave" not in empty
     rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.split()}
     assert rows["labeled"][0] == "2" and rows["unlabeled"][0] == "1" and rows["val"][0] == "1"
     assert (tmp_path / "manifests" / "val.txt").read_text() == "hmdb51/wave/TrumanShow_wave_f_nm_np1_fr_med_26.avi 50\n"  # relative to --root

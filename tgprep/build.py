@@ -101,6 +101,14 @@ def check_missing(listing: Listing, config: BuildConfig, out: Path) -> None:
     if not config.allow_missing:
         raise MissingVideosError(f"{what}; add --allow-missing to build without them")
     listing.notes.append(f"warning: {what}; building without them")
+    train, val = {r.label for r in listing.train}, {r.label for r in listing.val}
+    no_video = [name for label, name in enumerate(listing.classes) if label not in train | val]
+    no_train = [name for label, name in enumerate(listing.classes) if label in val - train]
+    if no_video:
+        listing.notes.append(f"warning: {len(no_video)} classes have no video left: {', '.join(no_video)}")
+    if no_train:
+        listing.notes.append(f"warning: {len(no_train)} classes have val videos but no training video: "
+                             f"{', '.join(no_train)}")
 
 
 def choose_splits(listing: Listing, config: BuildConfig) -> Splits:
@@ -281,26 +289,32 @@ def _drain(events: Queue, progress) -> None:
 
 
 def summary(report: BuildReport, dry_run: bool) -> str:
-    """The table printed at the end of a build: per set, and the totals."""
-    lines = list(report.listing.notes)
+    """What the build prints at the end: the dataset notes, then the plan (dry run) or what was written."""
+    table = plan_table(report) if dry_run else written_table(report)
+    return "\n".join(report.listing.notes + table)
+
+
+def plan_table(report: BuildReport) -> list[str]:
     sets = dict(zip(SETS, (report.splits.labeled, report.splits.unlabeled, report.splits.val)))
     missing = Counter(r.split for r in report.listing.missing)
-    if dry_run:
-        lines.append(f"{'set':<10} {'videos':>8} {'classes':>8}")
-        for name, records in sets.items():
-            lines.append(f"{name:<10} {len(records):>8} {len({r.label for r in records}):>8}")
-        lines.append(f"missing: {missing.get('train', 0)} of the training pool, {missing.get('val', 0)} of val; "
-                     f"{report.listing.unlisted} videos on disk in no list")
-        lines.append(f"dry run: manifests and dataset.json written to {report.out}")
-        return "\n".join(lines)
-    failed = Counter(f["set"] for f in report.failures)
-    lines.append(f"{'set':<10} {'videos':>8} {'frames':>10} {'MB':>9} {'failed':>7}")
+    lines = [f"{'set':<10} {'videos':>8} {'classes':>8}"]
+    lines += [f"{name:<10} {len(records):>8} {len({r.label for r in records}):>8}" for name, records in sets.items()]
+    return lines + [f"missing: {missing.get('train', 0)} of the training pool, {missing.get('val', 0)} of val; "
+                    f"{report.listing.unlisted} videos on disk in no list",
+                    f"dry run: manifests and dataset.json written to {report.out}"]
+
+
+def written_table(report: BuildReport) -> list[str]:
+    failed = Counter(f["set"] for s in report.sidecars for f in s["failures"])  # decoding failures only
+    lines = [f"{'set':<10} {'videos':>8} {'frames':>10} {'MB':>9} {'failed':>7}"]
     for name in SETS:
         done = [s for s in report.sidecars if s["set"] == name]
         lines.append(f"{name:<10} {sum(s['samples'] for s in done):>8} {sum(s['frames'] for s in done):>10} "
                      f"{sum(s['bytes'] for s in done) / 1e6:>9.1f} {failed.get(name, 0):>7}")
-    lines.append(f"{len(report.failures)} of {report.videos} videos failed (see failures.jsonl)" if report.failures
-                 else f"all {report.videos} videos written")
-    lines.append(f"{len(report.sidecars)} shards ({report.resumed} from an earlier run) in {report.out}; "
-                 f"{report.seconds:.1f} s, {report.frames_written / max(report.seconds, 1e-9):.0f} frames/s")
-    return "\n".join(lines)
+    decoded = report.videos - len(report.listing.missing)
+    lines.append(f"{sum(failed.values())} of {decoded} videos failed (see failures.jsonl)" if failed
+                 else f"all {decoded} videos written")
+    if report.listing.missing:
+        lines.append(f"{len(report.listing.missing)} listed videos were missing (also in failures.jsonl)")
+    return lines + [f"{len(report.sidecars)} shards ({report.resumed} from an earlier run) in {report.out}; "
+                    f"{report.seconds:.1f} s, {report.frames_written / max(report.seconds, 1e-9):.0f} frames/s"]

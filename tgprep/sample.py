@@ -59,11 +59,12 @@ def select_frames(count: int, native_fps: float, fps: float | None) -> np.ndarra
     return np.unique(np.floor(np.arange(kept) * (native_fps / fps) + 1e-9).astype(np.int64).clip(0, count - 1))
 
 
-def temporal_gradient(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """int16 (n, H, W, 3): frames[k + 1] - frames[k] for each kept k that has a next frame in the video."""
-    kept = np.asarray(indices)
-    kept = kept[kept + 1 < len(frames)]
-    return np.subtract(frames[kept + 1], frames[kept], dtype=np.int16)
+def temporal_gradient(frames: np.ndarray, indices: np.ndarray):
+    """int16 (H, W, 3) frames[k + 1] - frames[k], one at a time, for each kept k that has a next frame in the
+    video. One frame at a time: a whole-video int16 copy cost more than the subtraction (bench/prep.py)."""
+    for k in indices:
+        if k + 1 < len(frames):
+            yield np.subtract(frames[k + 1], frames[k], dtype=np.int16)
 
 
 def encode_tg(diff: np.ndarray, quality: int = 90) -> bytes:
@@ -80,7 +81,7 @@ def tg_from_stored(stored):
 def make_sample(record, video: Video, *, fps: float | None, quality: int, with_label: bool) -> dict:
     """The WebDataset sample of one decoded video; record is a tgprep.datasets.common.Record."""
     indices = select_frames(len(video.frames), video.fps, fps)
-    rgb = [_jpeg(frame, quality, RGB_SUBSAMPLING) for frame in video.frames[indices]]
+    rgb = [_jpeg(video.frames[k], quality, RGB_SUBSAMPLING) for k in indices]
     tg = [encode_tg(diff, quality) for diff in temporal_gradient(video.frames, indices)]
     height, width = video.frames.shape[1:3]
     meta = {
