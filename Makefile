@@ -23,7 +23,11 @@ $(READY): pyproject.toml
 
 demo: $(READY)
 	$(VENV)/bin/tgprep synth --out $(DEMO)/synthetic
-	$(VENV)/bin/tgprep build --dataset synthetic --root $(DEMO)/synthetic --ratio 0.4 --out $(DEMO)/shards --dry-run
+	$(VENV)/bin/tgprep build --dataset synthetic --root $(DEMO)/synthetic --ratio 0.4 --out $(DEMO)/shards
+	$(VENV)/bin/tgprep inspect $(DEMO)/shards
+	$(VENV)/bin/tgprep inspect $(DEMO)/shards --random 2 --png $(DEMO)/sheet.png
+	$(VENV)/bin/tgtrain run --data $(DEMO)/shards --preset tiny --method ltg --out $(DEMO)/runs/ltg
+	$(VENV)/bin/tgtrain eval --ckpt $(DEMO)/runs/ltg/best.pt --data $(DEMO)/shards --clips 4 --crops 3
 
 test: $(READY)
 	$(PY) -m pytest
