@@ -48,10 +48,10 @@ def evaluate(net, loader, device, autocast, crop: int | None = None, modality: s
             "per_class_videos": seen.long().tolist()}
 
 
-def write_predictions(net, loader, device, autocast, path: Path, classes: list[str]) -> int:
+def write_predictions(net, loader, device, autocast, path: Path, classes: list[str], crop: int | None = None) -> int:
     """Per-video scores (N, C), pooled features (N, D), labels and keys in an HDF5 file; returns N."""
     keys, labels, scores, features = [], [], [], []
-    for k, y, s, f in video_scores(net, loader, device, autocast):
+    for k, y, s, f in video_scores(net, loader, device, autocast, crop):
         keys += list(k)
         labels.append(y.cpu())
         scores.append(s.cpu())
