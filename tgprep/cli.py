@@ -10,7 +10,7 @@ import click
 from tgprep import datasets as dataset_adapters
 from tgprep import inspection, synth
 from tgprep.build import build as run_build
-from tgprep.build import summary
+from tgprep.build import default_synthetic_root, summary
 from tgprep.config import BuildConfig
 from tgprep.errors import OneLineErrors, UserError
 
@@ -93,6 +93,8 @@ def build(**options):
     Videos that cannot be decoded are listed with their reason in OUT/failures.jsonl.
     """
     config = BuildConfig(**{**options, "out": str(options["out"])})
+    if config.dataset == "synthetic" and not config.root:
+        click.echo(f"synthetic: videos in {default_synthetic_root()} (made on first use, about half a minute)")
     report = run_build(config, command=["tgprep", *sys.argv[1:]])
     click.echo(summary(report, config.dry_run))
     if config.strict and report.failures:
