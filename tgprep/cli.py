@@ -51,8 +51,9 @@ def datasets():
 @click.option("--seed", default=synth.SynthConfig.seed, show_default=True, help="Same seed, same bytes.")
 @click.option("--workers", default=0, help="Processes; 0 = one per core.")
 def synth_command(out, workers, **knobs):
-    """Write the built-in synthetic motion dataset: classes told apart by motion alone.
+    """Write the built-in synthetic motion dataset.
 
+    Its classes are told apart by motion alone.
     Real encoded videos with official-format split files, so `tgprep build --dataset synthetic
     --root OUT` reads them exactly as it reads HMDB-51.
     """
@@ -87,8 +88,9 @@ def synth_command(out, workers, **knobs):
 @click.option("--strict", is_flag=True, help="Exit 1 if any video failed.")
 @click.option("--dry-run", is_flag=True, help="Stop after the manifests and the summary table.")
 def build(**options):
-    """Decode, compute temporal gradients and write labeled / unlabeled / val shards.
+    """Write labeled / unlabeled / val shards of frames and TG.
 
+    Decodes every video once, computes its temporal gradients and packs both into WebDataset tars.
     Run the same command again to resume after an interruption: finished shards are kept.
     Videos that cannot be decoded are listed with their reason in OUT/failures.jsonl.
     """
@@ -109,7 +111,10 @@ def build(**options):
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet: RGB frames above their TG.")
 @click.option("--seed", default=0, help="For --random.")
 def inspect(path, as_json, keys, random_n, png, seed):
-    """Summarise a shard, a shard set (OUT/labeled) or an output root; draw samples with --png."""
+    """Summarise shards; draw samples with --png.
+
+    PATH is a shard, a shard set (OUT/labeled) or an output root.
+    """
     paths = inspection.shard_paths(path)
     if png is not None:
         if not keys and not random_n:
@@ -124,7 +129,10 @@ def inspect(path, as_json, keys, random_n, png, seed):
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def verify(path):
-    """Re-read every shard: tar, checksum, counts, and every frame decodes. Exit 1 on any problem."""
+    """Re-read and check every shard; exit 1 on any problem.
+
+    Checks the tar, its checksum and counts against the sidecar, and that every frame decodes.
+    """
     problems = inspection.verify(path)
     for line in problems:
         click.echo(line, err=True)
