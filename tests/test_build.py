@@ -99,6 +99,21 @@ def test_every_video_lands_in_exactly_one_shard_or_in_failures(folder_dataset, t
     assert json.loads((tmp_path / "dataset.json").read_text())["status"] == "complete"
 
 
+def test_webdataset_reads_the_shards_as_written(folder_dataset, tmp_path):
+    """Standard WebDataset tars: webdataset's own pipeline (no decoding) groups them into our samples."""
+    import webdataset as wds
+
+    report = build(config(folder_dataset, tmp_path))
+    urls = [str(tmp_path / s["shard"]) for s in report.sidecars]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(k for s in report.sidecars for k in s["keys"])
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert {"json", "rgb", "tg"} <= set(sample) and len(sample["rgb"]) == meta["rgb_offsets"][-1]
+        assert ("cls" in sample) == (meta["split"] == "val" or sample["__key__"] in
+                                     {r.key for r in report.splits.labeled})
+
+
 def test_shards_are_byte_identical_whatever_the_workers(folder_dataset, tmp_path):
     build(config(folder_dataset, tmp_path / "one", workers=1))
     build(config(folder_dataset, tmp_path / "two", workers=2))

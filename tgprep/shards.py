@@ -1,15 +1,16 @@
 """The shard plan, atomic shard writing with a .json sidecar per tar, and the output root's files."""
 
 import hashlib
+import io
 import json
 import os
+import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import webdataset as wds
 
 from tgprep.datasets.common import Record
 from tgprep.splits import Splits
@@ -48,14 +49,14 @@ def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool]
     """
     tmp = out / f"{task.name}.tar.tmp-{os.getpid()}"
     classes, keys, failures, frames = Counter(), [], [], 0
-    with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as tar:
+    with open(tmp, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as tar:
         for record in task.records:
             try:
                 sample = make_sample(record, task.set != "unlabeled")
             except Exception as e:  # a bad video is recorded, never fatal
                 failures.append(failure(record, task.set, e))
                 continue
-            tar.write(sample)
+            add_sample(tar, sample)
             keys.append(record.key)
             classes[record.class_name] += 1
             frames += json.loads(sample["json"])["frames"]
@@ -74,6 +75,16 @@ def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool]
     }
     write_json_atomic(out / f"{task.name}.json", sidecar)
     return sidecar
+
+
+def add_sample(tar: tarfile.TarFile, sample: dict) -> None:
+    """A sample's members, "{key}.{field}" in field order, with fixed owner, mode and time: the same sample
+    gives the same bytes. (The standard library's tarfile, not webdataset's writer: importing webdataset
+    imports torch, 1.4 s of every tgprep command.)"""
+    for field in sorted(f for f in sample if f != "__key__"):
+        info = tarfile.TarInfo(f"{sample['__key__']}.{field}")
+        info.size, info.mode, info.mtime = len(sample[field]), 0o444, 0
+        tar.addfile(info, io.BytesIO(sample[field]))
 
 
 def failure(record: Record, set_name: str, error: BaseException) -> dict:
