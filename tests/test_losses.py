@@ -104,6 +104,7 @@ def _rank(rank, world, init, z_rgb, z_tg, out):
     loss = info_nce(gather_with_grad(a), gather_with_grad(b))
     loss.backward()
     np.save(f"{out}/{rank}.npy", np.concatenate([[loss.item()], a.grad.flatten(), b.grad.flatten()]))
+    dist.barrier()  # without it a rank could tear down gloo while the other still runs backward's collectives
     dist.destroy_process_group()
 
 

@@ -103,7 +103,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     summary = {"rank": rank, "method": config.method, "best_top1": state["best"], "best_epoch": state["best_epoch"],
                "chance": 1 / len(classes), "epochs": config.epochs, "minutes": (time.perf_counter() - started) / 60,
                "out": str(out)}
-    if world > 1:
+    if world > 1:  # every rank done with every collective before any tears its group down
+        dist.barrier()
         dist.destroy_process_group()
     return summary
 

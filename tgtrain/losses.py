@@ -53,10 +53,26 @@ def gather_with_grad(z):
 
     The identity without torch.distributed. The backward sums each rank's gradient for a rank's rows over all ranks,
     so that when every rank computes the loss of the whole global batch, DDP's averaging of parameter gradients
-    gives exactly the gradient of that global loss.
+    gives exactly the gradient of that global loss. Every rank must pass the same number of rows.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return z
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGrad.apply(z)
 
-    return torch.cat(all_gather(z), dim=0)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward: the sum over ranks of the gradient, then this rank's rows. (Written out rather
+    than torch.distributed.nn's all_gather: deprecated in torch 2.13, and gloo ranks using it aborted at exit.)"""
+
+    @staticmethod
+    def forward(ctx, z):
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rows = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * rows:(dist.get_rank() + 1) * rows]
