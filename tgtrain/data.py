@@ -237,8 +237,8 @@ def share(total: int, number: int, workers: int) -> int:
 
 
 def in_shard(sample: dict, error: SampleError) -> SampleError:
-    """The same error, saying which shard holds the sample."""
-    return SampleError(f"{sample.get('__url__', '?')}: {error}")
+    """The same error, saying which shard holds the sample and what to do."""
+    return SampleError(f"{sample.get('__url__', '?')}: {error}; {FIX}")
 
 
 # -- training ----------------------------------------------------------------------------------------------
