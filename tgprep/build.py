@@ -29,7 +29,7 @@ from tgprep.errors import MissingVideosError, UserError
 from tgprep.sample import make_sample
 from tgprep.shards import SETS, ShardTask, finished, plan_shards, write_json_atomic, write_shard
 from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
-from tgprep.video import decode
+from tgprep.video import VideoStream
 
 
 @dataclass
@@ -232,14 +232,16 @@ def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> N
 # -- executing the plan ---------------------------------------------------------------------------------
 
 def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildConfig) -> dict:
-    """One shard task: decode each video, make its sample, write the tar and its sidecar."""
+    """One shard task: stream each video through make_sample, write the tar and its sidecar."""
 
     def make(record: Record, with_label: bool) -> dict:
         frames = 0
         try:
-            video = decode(root / record.path, config.short_side, config.timeout)
-            frames = len(video.frames)
-            return make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label)
+            with VideoStream(root / record.path, config.short_side, config.timeout) as video:
+                sample = make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label,
+                                     spool=out)
+                frames = video.decoded
+            return sample
         finally:
             progress(frames)
 

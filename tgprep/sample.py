@@ -28,14 +28,18 @@ tgprep_version. Keys are sorted and nothing depends on the clock, so the bytes a
 """
 
 import io
+import itertools
 import json
 import math
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import tgprep
-from tgprep.video import Video
+from tgprep.video import Video, VideoStream
 
 FORMAT = "tgprep-sample"
 FORMAT_VERSION = 1
@@ -43,6 +47,11 @@ TG_SCALE, TG_OFFSET = 1.0, -128.0  # d = stored * TG_SCALE + TG_OFFSET
 TG_ENCODING = {"name": "jpeg-clip128", "sign": "next_minus_previous", "stored": "clip(d, -128, 127) + 128",
                "scale": TG_SCALE, "offset": TG_OFFSET, "subsampling": "4:2:0"}
 RGB_SUBSAMPLING, TG_SUBSAMPLING = 0, 2  # Pillow's codes: 0 = 4:4:4, 2 = 4:2:0 (best per byte, BENCHMARKS.md)
+# A payload past SPOOL_BYTES leaves memory for a temporary file in the output folder (not /tmp, often a RAM disk).
+# The file has no name where the file system allows (Linux's O_TMPFILE), so a killed worker leaves nothing;
+# elsewhere it is unlinked as soon as it is made, and its name matches the *.tar.tmp-* that a build's start-up
+# removes.
+SPOOL_BYTES, SPOOL_PREFIX = 4 << 20, "spool.tar.tmp-"
 
 
 class SampleError(ValueError):
@@ -59,18 +68,27 @@ def select_frames(count: int, native_fps: float, fps: float | None) -> np.ndarra
     return np.unique(np.floor(np.arange(kept) * (native_fps / fps) + 1e-9).astype(np.int64).clip(0, count - 1))
 
 
-def temporal_gradient(frames: np.ndarray, indices: np.ndarray):
-    """int16 (H, W, 3) frames[k + 1] - frames[k], one at a time, for each kept k that has a next frame in the
-    video. One frame at a time: a whole-video int16 copy cost more than the subtraction (bench/prep.py)."""
-    for k in indices:
-        if k + 1 < len(frames):
-            yield np.subtract(frames[k + 1], frames[k], dtype=np.int16)
+def _candidates(native_fps: float, fps: float | None) -> Iterator[int]:
+    """select_frames' candidates, endless and increasing, for a stream whose length is not known yet: a frame that
+    has a next frame is kept exactly when it is one (the last frame: see _encode)."""
+    if fps is None or native_fps <= 0 or fps >= native_fps:
+        return itertools.count()
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, not {fps}")
+    step = native_fps / fps  # the same float operations as select_frames, so the same indices
+    return (math.floor(i * step + 1e-9) for i in itertools.count())
+
+
+def temporal_gradient(frame: np.ndarray, next_frame: np.ndarray) -> np.ndarray:
+    """x[k + 1] - x[k] of two uint8 (H, W, 3) frames, exact, as int16."""
+    return np.subtract(next_frame, frame, dtype=np.int16)
 
 
 def encode_tg(diff: np.ndarray, quality: int = 90) -> bytes:
     """One int16 (H, W, 3) TG frame as the JPEG of clip(d, -128, 127) + 128."""
-    stored = (np.clip(diff, -128, 127) + 128).astype(np.uint8)
-    return _jpeg(stored, quality, TG_SUBSAMPLING)
+    stored = np.clip(diff, -128, 127)
+    stored += 128
+    return _jpeg(stored.astype(np.uint8), quality, TG_SUBSAMPLING)
 
 
 def tg_from_stored(stored):
@@ -78,28 +96,81 @@ def tg_from_stored(stored):
     return stored * TG_SCALE + TG_OFFSET
 
 
-def make_sample(record, video: Video, *, fps: float | None, quality: int, with_label: bool) -> dict:
-    """The WebDataset sample of one decoded video; record is a tgprep.datasets.common.Record."""
-    indices = select_frames(len(video.frames), video.fps, fps)
-    rgb = [_jpeg(video.frames[k], quality, RGB_SUBSAMPLING) for k in indices]
-    tg = [encode_tg(diff, quality) for diff in temporal_gradient(video.frames, indices)]
-    height, width = video.frames.shape[1:3]
+def make_sample(record, video: Video | VideoStream, *, fps: float | None, quality: int, with_label: bool,
+                spool: Path | None = None) -> dict:
+    """The WebDataset sample of one video; record is a tgprep.datasets.common.Record.
+
+    video is a Video (frames in memory) or a VideoStream (frames decoded as they are needed); either way the
+    frames pass one at a time. The .rgb and .tg payloads are bytes, or, with spool (a folder), files that stay
+    in memory up to SPOOL_BYTES and then move to an unnamed temporary file in that folder: the caller copies
+    them from the start and closes them (shards.write_shard). A VideoError of the stream goes to the caller.
+    """
+    rgb, tg = _Payload(spool), _Payload(spool)
+    try:
+        indices = _encode(video, fps, quality, rgb, tg)
+    except BaseException:
+        rgb.file.close()
+        tg.file.close()
+        raise
+    width, height = video.size
     meta = {
         "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
         "label": record.label, "split": record.split,
         "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
-        "frames": len(rgb), "tg_frames": len(tg), "frame_indices": indices.tolist(),
+        "frames": len(indices), "tg_frames": len(tg.offsets) - 1, "frame_indices": indices,
         "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
-        "rgb_offsets": _offsets(rgb), "tg_offsets": _offsets(tg),
+        "rgb_offsets": rgb.offsets, "tg_offsets": tg.offsets,
         "rgb_encoding": {"name": "jpeg", "quality": quality, "subsampling": "4:4:4"},
         "tg_encoding": {**TG_ENCODING, "quality": quality},
         "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
     }
     sample = {"__key__": record.key, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-              "rgb": b"".join(rgb), "tg": b"".join(tg)}
+              "rgb": rgb.value(), "tg": tg.value()}
     if with_label:
         sample["cls"] = str(record.label).encode()
     return sample
+
+
+def _encode(video, fps: float | None, quality: int, rgb: "_Payload", tg: "_Payload") -> list[int]:
+    """JPEG every kept frame and its TG into the payloads as the frames pass; returns the kept indices.
+
+    Only the previous frame is held: a kept frame is encoded when its next frame arrives, TG = next - it. The last
+    frame has no next frame (no TG), and whether it is kept is select_frames' verdict, which needs the frame count
+    that only the end of the stream tells.
+    """
+    candidates = _candidates(video.fps, fps)
+    candidate, kept, previous, count = next(candidates), [], None, 0
+    for k, frame in enumerate(video):
+        if k - 1 == candidate:
+            rgb.add(_jpeg(previous, quality, RGB_SUBSAMPLING))
+            tg.add(encode_tg(temporal_gradient(previous, frame), quality))
+            kept.append(k - 1)
+            candidate = next(candidates)
+        previous, count = frame, k + 1
+    if count and select_frames(count, video.fps, fps)[-1] == count - 1:
+        rgb.add(_jpeg(previous, quality, RGB_SUBSAMPLING))
+        kept.append(count - 1)
+    return kept
+
+
+class _Payload:
+    """One modality's JPEGs, concatenated as they are made, and the offsets that cut them apart again."""
+
+    def __init__(self, spool: Path | None):
+        self.file = io.BytesIO() if spool is None else tempfile.SpooledTemporaryFile(SPOOL_BYTES, dir=spool,
+                                                                                     prefix=SPOOL_PREFIX)
+        self.offsets = [0]
+
+    def add(self, jpeg: bytes) -> None:
+        self.file.write(jpeg)
+        self.offsets.append(self.offsets[-1] + len(jpeg))
+
+    def value(self):
+        """The bytes, or the spooled file, rewound."""
+        if isinstance(self.file, io.BytesIO):
+            return self.file.getvalue()
+        self.file.seek(0)
+        return self.file
 
 
 def read_meta(sample: dict) -> dict:
@@ -165,10 +236,6 @@ def _unjpeg(data: bytes, full: tuple[int, int], reduce: int, what: str) -> np.nd
     if pixels.shape != (size[1], size[0], 3):
         raise SampleError(f"{what}: decodes to {pixels.shape}, expected {(size[1], size[0], 3)}")
     return pixels
-
-
-def _offsets(parts: list[bytes]) -> list[int]:
-    return np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)]).tolist()
 
 
 def _check_offsets(key: str, modality: str, offsets, count: int, payload) -> None:

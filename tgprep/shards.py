@@ -56,7 +56,12 @@ def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool]
             except Exception as e:  # a bad video is recorded, never fatal
                 failures.append(failure(record, task.set, e))
                 continue
-            add_sample(tar, sample)
+            try:
+                add_sample(tar, sample)
+            finally:
+                for value in sample.values():
+                    if isinstance(value, io.IOBase):  # a spooled payload (tgprep.sample.make_sample)
+                        value.close()
             keys.append(record.key)
             classes[record.class_name] += 1
             frames += json.loads(sample["json"])["frames"]
@@ -79,12 +84,15 @@ def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool]
 
 def add_sample(tar: tarfile.TarFile, sample: dict) -> None:
     """A sample's members, "{key}.{field}" in field order, with fixed owner, mode and time: the same sample
-    gives the same bytes. (The standard library's tarfile, not webdataset's writer: importing webdataset
-    imports torch, 1.4 s of every tgprep command.)"""
+    gives the same bytes. A member is bytes or a binary file (a spooled payload), copied whole.
+    (The standard library's tarfile, not webdataset's writer: importing webdataset imports torch, 1.4 s of
+    every tgprep command.)"""
     for field in sorted(f for f in sample if f != "__key__"):
+        data = sample[field] if isinstance(sample[field], io.IOBase) else io.BytesIO(sample[field])
         info = tarfile.TarInfo(f"{sample['__key__']}.{field}")
-        info.size, info.mode, info.mtime = len(sample[field]), 0o444, 0
-        tar.addfile(info, io.BytesIO(sample[field]))
+        info.size, info.mode, info.mtime = data.seek(0, io.SEEK_END), 0o444, 0
+        data.seek(0)
+        tar.addfile(info, data)
 
 
 def failure(record: Record, set_name: str, error: BaseException) -> dict:

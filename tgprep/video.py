@@ -1,4 +1,5 @@
-"""Everything that runs ffmpeg: decoding videos to frames (in-process with PyAV), and encoding test videos."""
+"""Everything that runs ffmpeg: decoding videos to frames (in-process with PyAV, one frame at a time), and encoding
+test videos."""
 
 import shutil
 import subprocess
@@ -30,9 +31,18 @@ class VideoError(Exception):
 
 @dataclass
 class Video:
+    """A whole decoded video in memory: what decode() returns, and what tests build samples from."""
+
     frames: np.ndarray               # (T, H, W, 3) uint8: every decoded frame at the native rate, resized, upright
     fps: float                       # the stream's native average frame rate
     source_size: tuple[int, int]     # (width, height) upright, before resizing
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames.shape[2], self.frames.shape[1]
+
+    def __iter__(self):
+        return iter(self.frames)
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -43,62 +53,104 @@ def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return round(width * short_side / short), round(height * short_side / short)
 
 
-def decode(path: Path, short_side: int = 256, timeout: float = 300.0) -> Video:
-    """Every frame of the first video stream, in decoding order, as upright RGB with the short side resized.
+class VideoStream:
+    """The first video stream of a file, decoded one frame at a time: memory does not grow with its length.
+
+    Opening decodes the first frame, so fps, source_size and size are known before iterating. Iterating (once)
+    yields every frame in decoding order as upright (H, W, 3) uint8 RGB with the short side resized, and raises
+    VideoError if fewer than 2 frames decode. Use it as a context manager, which closes the file.
 
     Decoding runs in-process with PyAV (ffmpeg's libraries without starting a program: several times faster than
-    piping from the ffmpeg program on HMDB-length clips, see BENCHMARKS.md); the scaling is libswscale's bicubic, as
-    the ffmpeg program's. A variable frame rate stream gives every decoded frame once; audio is never decoded.
-    The timeout bounds wall time: it is checked after every frame, and PyAV's I/O interrupt stops a stalled
-    read. A decoder stuck inside one C call cannot be stopped in-process; only killing the worker can.
+    piping from the ffmpeg program on HMDB-length clips, see BENCHMARKS.md); the scaling is libswscale's bicubic,
+    as the ffmpeg program's. A variable frame rate stream gives every decoded frame once; audio is never decoded.
+    The timeout bounds the time spent decoding (not what the caller does between frames): it is checked after
+    every frame, and PyAV's I/O interrupt stops a stalled read. A decoder stuck inside one C call cannot be
+    stopped in-process; only killing the worker can.
     """
-    path = Path(path)
-    if not path.exists():
-        raise VideoError("missing")
-    if not path.is_file():
-        raise VideoError("not a regular file")  # a FIFO or a device could block forever
-    deadline = time.monotonic() + timeout
-    try:
-        # metadata_errors: real HMDB files carry tags that are not UTF-8
-        container = av.open(str(path), timeout=timeout, metadata_errors="replace")
-    except av.error.FFmpegError as e:
-        raise VideoError(f"not a video: {e.strerror}") from e
-    with container:
-        if not container.streams.video:
-            raise VideoError("no video stream")
-        stream = container.streams.video[0]
+
+    def __init__(self, path: Path, short_side: int = 256, timeout: float = 300.0):
+        path = Path(path)
+        if not path.exists():
+            raise VideoError("missing")
+        if not path.is_file():
+            raise VideoError("not a regular file")  # a FIFO or a device could block forever
+        self.timeout, self.decoded, self._spent = timeout, 0, 0.0
+        started = time.monotonic()
         try:
-            frames, source_size = _upright_frames(container, stream, short_side, deadline)
+            # metadata_errors: real HMDB files carry tags that are not UTF-8
+            self._container = av.open(str(path), timeout=timeout, metadata_errors="replace")
         except av.error.FFmpegError as e:
-            reason = f"timed out after {timeout:g} s" if time.monotonic() > deadline else f"corrupt video: {e.strerror}"
+            raise VideoError(f"not a video: {e.strerror}") from e
+        try:
+            if not self._container.streams.video:
+                raise VideoError("no video stream")
+            stream = self._container.streams.video[0]
+            # One thread each: a build runs one decode per core, where extra threads only add CPU time (BENCHMARKS.md).
+            stream.thread_count = 1
+            self.fps = float(stream.average_rate or stream.guessed_rate or 0)
+            self._raw_frames = self._container.decode(stream)
+            self._spent = time.monotonic() - started
+            raw = self._decode()
+            if raw is None:
+                raise VideoError("0 frames decoded")
+            self._turns = round(raw.rotation / 90) % 4  # counter-clockwise quarter turns that make it upright
+            self.source_size = (raw.height, raw.width) if self._turns % 2 else (raw.width, raw.height)
+            self.size = target_size(*self.source_size, short_side)
+            self._scaler = VideoReformatter()  # one per video, so libswscale's context is set up once, not per frame
+            self._first = self._convert(raw)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._container.close()
+
+    def __iter__(self):
+        frame, self._first = self._first, None
+        while frame is not None:
+            yield frame
+            raw = self._decode()
+            frame = None if raw is None else self._convert(raw)
+        if self.decoded < 2:
+            raise VideoError(f"{self.decoded} frame{'' if self.decoded == 1 else 's'} decoded")
+
+    def _decode(self):
+        """The next decoded av.VideoFrame, or None at the end; decoding errors and the timeout as VideoError."""
+        started = time.monotonic()
+        try:
+            raw = next(self._raw_frames, None)
+        except av.error.FFmpegError as e:
+            self._spent += time.monotonic() - started
+            reason = self._timed_out() if self._spent > self.timeout else f"corrupt video: {e.strerror}"
             raise VideoError(reason) from e
-        except TimeoutError:
-            raise VideoError(f"timed out after {timeout:g} s") from None
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-    if len(frames) < 2:
-        raise VideoError(f"{len(frames)} frame{'' if len(frames) == 1 else 's'} decoded")
-    return Video(frames, fps, source_size)
+        self._spent += time.monotonic() - started
+        self.decoded += raw is not None
+        return raw
 
-
-def _upright_frames(container, stream, short_side: int, deadline: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """The decoded frames as one (T, H, W, 3) array, resized by libswscale and turned upright by numpy."""
-    # One thread each: a build runs one decode per core, where extra threads only add CPU time (BENCHMARKS.md).
-    stream.thread_count = 1
-    scaler = VideoReformatter()  # one per video, so libswscale's context is set up once, not per frame
-    frames, turns, source_size, size = [], 0, (0, 0), (0, 0)
-    for frame in container.decode(stream):
-        if not frames:
-            turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns that make it upright
-            source_size = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
-            size = target_size(*source_size, short_side)
-            size = size[::-1] if turns % 2 else size  # the scaler works before the turn
+    def _convert(self, raw) -> np.ndarray:
+        """One frame resized by libswscale and turned upright by numpy (a view, no copy)."""
+        started = time.monotonic()
+        size = self.size[::-1] if self._turns % 2 else self.size  # the scaler works before the turn
         # a fixed output size also absorbs streams whose frame size changes midway
-        rgb = scaler.reformat(frame, *size, format="rgb24", interpolation="BICUBIC", threads=1)
-        frames.append(rgb.to_ndarray())
-        if time.monotonic() > deadline:
-            raise TimeoutError
-    video = np.stack(frames) if frames else np.zeros((0, size[1], size[0], 3), np.uint8)
-    return (np.ascontiguousarray(np.rot90(video, turns, axes=(1, 2))) if turns else video), source_size
+        rgb = self._scaler.reformat(raw, *size, format="rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
+        self._spent += time.monotonic() - started
+        if self._spent > self.timeout:
+            raise VideoError(self._timed_out())
+        return np.rot90(rgb, self._turns) if self._turns else rgb
+
+    def _timed_out(self) -> str:
+        return f"timed out after {self.timeout:g} s"
+
+
+def decode(path: Path, short_side: int = 256, timeout: float = 300.0) -> Video:
+    """Every frame of the video at once (see VideoStream for which frames, and how): for tests and benchmarks,
+    whose clips are short; a build streams instead."""
+    with VideoStream(path, short_side, timeout) as stream:
+        frames = np.stack(list(stream))
+    return Video(frames, stream.fps, stream.source_size)
 
 
 def decode_ffmpeg(path: Path, short_side: int = 256, timeout: float = 300.0) -> np.ndarray:
