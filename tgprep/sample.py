@@ -86,9 +86,12 @@ def temporal_gradient(frame: np.ndarray, next_frame: np.ndarray) -> np.ndarray:
 
 def encode_tg(diff: np.ndarray, quality: int = 90) -> bytes:
     """One int16 (H, W, 3) TG frame as the JPEG of clip(d, -128, 127) + 128."""
-    stored = np.clip(diff, -128, 127)
-    stored += 128
-    return _jpeg(stored.astype(np.uint8), quality, TG_SUBSAMPLING)
+    # Clipped straight into the uint8 image as two's complement bytes; flipping the top bit then adds 128:
+    # one new array per frame instead of three, the same bytes.
+    stored = np.empty(diff.shape, np.uint8)
+    np.clip(diff, -128, 127, out=stored, casting="unsafe")
+    stored ^= 128
+    return _jpeg(stored, quality, TG_SUBSAMPLING)
 
 
 def tg_from_stored(stored):
