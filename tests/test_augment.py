@@ -142,11 +142,17 @@ def test_rotate_and_shear_angles():
     x = augment._planar(_clips(b=1, h=9, w=9))
     turned = _apply(BY_NAME["rotate"], x, 3.0)  # 30 degrees per unit of level: 90 degrees
     assert torch.equal(turned, x.rot90(1, dims=(3, 4))) or torch.equal(turned, x.rot90(-1, dims=(3, 4)))
+    # 15.5 degrees, as scikit-image's AffineTransform under imgaug: (x, y) -> (x - sin(a) y, cos(a) y)
     coded = augment._planar(_coded(41, 41)[None, None])
-    sheared = _apply(BY_NAME["shear_x"], coded, 0.9)  # 15.5 degrees: rows 20 away from the centre move tan * 20
-    assert torch.equal(sheared[..., 20, :], coded[..., 20, :])
-    moved = (sheared[0, 0, 0, 0, 10:31] - coded[0, 0, 0, 0, 10:31]).abs().mean() / 4
-    assert abs(moved - np.tan(np.radians(17.19 * 0.9)) * 20) < 0.3
+    sheared = _apply(BY_NAME["shear_x"], coded, 0.9)[0, 0]
+    assert torch.equal(sheared[:, 20], coded[0, 0, :, 20])  # the centre row stays
+    angle = np.radians(17.19 * 0.9)
+    column_shift = (sheared[0, 5, 10:31] - coded[0, 0, 0, 5, 10:31]).abs().mean() / 4  # 15 rows above the centre
+    assert abs(column_shift - np.tan(angle) * 15) < 0.2
+    assert abs(sheared[1, 5, 20] / 4 - (20 - 15 / np.cos(angle))) < 0.2  # from row 20 - 15 / cos(a)
+    # shear_y is shear_x with the axes swapped: on the transposed frame, with red and green swapped, the same picture
+    transposed = _apply(BY_NAME["shear_y"], coded.transpose(3, 4)[:, :, [1, 0, 2]], 0.9)[0, 0]
+    assert torch.allclose(transposed.transpose(1, 2)[[1, 0, 2]], sheared, atol=1e-3)
 
 
 def test_cutout_fills_one_square_of_the_reference_size():

@@ -94,8 +94,11 @@ def _warp(x, theta):
 
 
 def _shear(level, h, w, row, col):
-    # reference: shear=17.19 * level degrees (ShearX / ShearY, imgaug's Affine): 15.5 degrees at level 0.9
-    return _theta(_maps(level, [row], [col], [torch.tan(torch.deg2rad(17.19 * level))]), h, w)
+    # reference: shear=17.19 * level degrees (ShearX / ShearY): 15.5 degrees at level 0.9. imgaug 0.4 hands the angle
+    # to scikit-image's AffineTransform, which maps (x, y) to (x - sin(a) y, cos(a) y), or the transpose for y;
+    # this is its inverse, as the output -> input map
+    angle = torch.deg2rad(17.19 * level)
+    return _theta(_maps(level, [row, col], [col, col], [torch.tan(angle), 1 / torch.cos(angle)]), h, w)
 
 
 def _translate(level, h, w, row):
