@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
+from tests.test_engine import one_thread  # noqa: F401  (autouse: one torch thread, as test_engine runs)
 from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.inspection import contact_sheet, verify
+from tgprep.sample import read_meta
 from tgtrain.cli import main
 from tgtrain.clips import choose_reduce
-from tgprep.sample import read_meta
 from tgtrain.data import shard_urls, tar_samples, train_stream
 
 CLIPS = ["wave/RATRACE_wave_f_nm_np1_fr_goo_37.avi", "wave/TrumanShow_wave_f_nm_np1_fr_med_26.avi",
@@ -36,17 +36,6 @@ def builds(real_videos, tmp_path_factory) -> dict[int, Path]:
         build(BuildConfig(dataset="folder", root=str(root), out=str(outs[short_side]), ratio=0.5, val_fraction=0.3,
                           videos_per_shard=2, short_side=short_side, workers=1))
     return outs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on two shared cores, more threads wait on each other (see engine.share_cpu)."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")  # engine.share_cpu then leaves the thread count alone
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
 
 
 def stored_sizes(out: Path) -> list[tuple[int, int]]:
