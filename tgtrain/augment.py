@@ -23,9 +23,10 @@ CUTOUT_FILL = 128.0  # imgaug's Cutout default; geometric ops uncover black (img
 
 
 @functools.lru_cache(maxsize=None)
-def _constant(values: tuple, device: torch.device) -> torch.Tensor:
-    """A small constant on `device`, made once per device: no host-to-device copy per step."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
+def _constants(device: torch.device) -> dict[str, torch.Tensor]:
+    """MEAN, STD and LUMA on `device`, made together on first use there: no host-to-device copy per step."""
+    values = {"mean": MEAN, "std": STD, "luma": LUMA}
+    return {name: torch.tensor(v, dtype=torch.float32, device=device) for name, v in values.items()}
 
 
 def _fp32(x):
@@ -146,7 +147,7 @@ def _blend(x, degenerate, p):
 
 
 def _luma(x):
-    return (x * _constant(LUMA, x.device).reshape(1, 1, 3, 1, 1)).sum(2, keepdim=True)
+    return (x * _constants(x.device)["luma"].reshape(1, 1, 3, 1, 1)).sum(2, keepdim=True)
 
 
 def _color(x, p):
@@ -294,7 +295,7 @@ def normalize(x):
     """
     with _fp32(x):
         y = x.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
-        mean, std = _constant(MEAN, x.device), _constant(STD, x.device)
+        mean, std = _constants(x.device)["mean"], _constants(x.device)["std"]
         return y.sub_(mean.reshape(3, 1, 1, 1)).div_(std.reshape(3, 1, 1, 1))
 
 
