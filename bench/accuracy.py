@@ -54,11 +54,11 @@ def frame_probe(shards_dir: Path, steps: int = 400, size: int = 56) -> float:
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, classes))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     stream = data.train_stream(data.shard_urls(shards_dir, "labeled"), batch_size=32, clip_len=1, interval=1,
-                               size=64, modalities=("rgb",), labeled=True, epoch_batches=steps, seed=0)
+                               size=size, area=(0.4, 1.0), modalities=("rgb",), labeled=True, epoch_batches=steps,
+                               seed=0)
     net.train()
-    for batch in data.loader(stream, 2):
-        rgb, _ = augment.weak(batch["rgb"], None, size, area=(0.4, 1.0))
-        loss = F.cross_entropy(net(augment.normalize(rgb)[:, :, 0]), batch["label"])
+    for batch in data.loader(stream, 2):  # the weak view: random resized crop and flip, from the loader
+        loss = F.cross_entropy(net(augment.normalize(batch["rgb"])[:, :, 0]), batch["label"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

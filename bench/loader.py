@@ -3,12 +3,12 @@
 Run from the project root: python bench/loader.py [--frames 3000] [--workers 2] [--batch 8] [--work DIR] [--json PATH]
 
 The corpus is bench/prep.py's (imported from this folder: bench/ is a folder of scripts, not a package), at native
-size. One clip is 8 RGB + 8 TG frames, 8 apart, looping on short videos; every way delivers uint8 (B, 8, S, S, 3)
-tensors of the same square (tgtrain.data.crop_square at a random place along the long side), through a DataLoader
-with the same workers and batch size: what a training process receives. tgtrain applies the weak augmentation on
-the training device; with --weak the main process applies it here on the CPU, where it caps every way alike:
+size. One clip is 8 RGB + 8 TG frames, 8 apart, looping on short videos; every way but the limit delivers uint8
+(B, 8, S, S, 3) tensors of the weak view (tgtrain.clips: a random resized crop over the whole frame, resized to
+S = --size, flipped half of the time, the same for RGB and TG), through a DataLoader with the same workers and batch
+size: what a training process receives.
   ours:    tgtrain.data.train_stream over the shards of tgprep.build.build (training videos: labeled + unlabeled);
-  reduced: the same at a smaller --small crop, decoding the JPEGs at reduced scale (tgtrain.data.choose_reduce);
+  reduced: the same at a smaller --small crop, decoding the JPEGs at reduced scale (tgtrain.clips.choose_reduce);
   (a) folders: the paper's layout of prep's (b), img_00001.jpg ... and tg_00001.jpg ..., opened with Pillow;
   (b) PyAV: the original videos decoded from the start up to the last needed frame, TG computed on the fly;
   limit:   16 Pillow decodes of in-memory JPEGs (the shards' own frames) per clip, nothing else.
@@ -38,9 +38,8 @@ import prep  # noqa: E402
 from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402
 from tgprep.sample import read_meta  # noqa: E402
-from tgtrain import augment  # noqa: E402
-from tgtrain.data import (choose_reduce, crop_square, loader, shard_urls, tar_samples,  # noqa: E402
-                          train_indices, train_stream, worker)
+from tgtrain.clips import choose_reduce, crop_box, resized_crop, train_indices  # noqa: E402
+from tgtrain.data import loader, shard_urls, tar_samples, train_stream, worker  # noqa: E402
 
 CLIP_LEN, INTERVAL = 8, 8
 TARGET_FOLDERS, TARGET_PYAV, TARGET_LIMIT = 1.2, 2.0, 0.9  # ours >= 1.2x (a), >= 2x (b), >= 0.9x the limit
@@ -62,6 +61,12 @@ class ClipStream(IterableDataset):
             yield {m: torch.from_numpy(np.stack([c[m] for c in clips])) for m in ("rgb", "tg")}
 
 
+def weak_view(frames: dict[str, np.ndarray], size: int, rng) -> dict[str, np.ndarray]:
+    """The training stream's weak view of decoded frames: one box and flip for RGB and TG."""
+    box, flip = crop_box(*frames["rgb"].shape[1:3], rng), rng.random() < 0.5
+    return {m: resized_crop(f, box, size, flip) for m, f in frames.items()}
+
+
 class FolderClip:
     """(a): a clip from a folder of img_XXXXX.jpg and tg_XXXXX.jpg (tg_i is the difference of img_i and img_i+1)."""
 
@@ -71,10 +76,9 @@ class FolderClip:
     def __call__(self, item: tuple[Path, int], rng) -> dict:
         folder, frames = item
         numbers = train_indices(frames - 1, CLIP_LEN, INTERVAL, rng) + 1
-        position = rng.random()
-        return {m: crop_square(np.stack([np.asarray(Image.open(folder / f"{prefix}_{i:05d}.jpg").convert("RGB"))
-                                         for i in numbers]), position, self.size)
-                for m, prefix in (("rgb", "img"), ("tg", "tg"))}
+        return weak_view({m: np.stack([np.asarray(Image.open(folder / f"{prefix}_{i:05d}.jpg").convert("RGB"))
+                                       for i in numbers]) for m, prefix in (("rgb", "img"), ("tg", "tg"))},
+                         self.size, rng)
 
 
 class PyAVClip:
@@ -97,8 +101,7 @@ class PyAVClip:
         rgb = np.stack([decoded[i] for i in indices])
         nxt = np.stack([decoded[i + 1] for i in indices])
         tg = (np.subtract(nxt, rgb, dtype=np.int16).clip(-128, 127) + 128).astype(np.uint8)
-        position = rng.random()
-        return {"rgb": crop_square(rgb, position, self.size), "tg": crop_square(tg, position, self.size)}
+        return weak_view({"rgb": rgb, "tg": tg}, self.size, rng)
 
 
 class JpegLimit:
@@ -127,19 +130,14 @@ def shard_jpegs(urls: list[str], frames: int) -> list[list[bytes]]:
 
 # -- measuring ----------------------------------------------------------------------------------------------
 
-def clips_per_second(stream: IterableDataset, workers: int, batches: int, crop: int | None) -> float:
-    """Clips/s of `batches` batches (weak-augmented to crop unless crop is None), once every worker has delivered
-    its first batch."""
-    generator = torch.Generator().manual_seed(0)
+def clips_per_second(stream: IterableDataset, workers: int, batches: int) -> float:
+    """Clips/s of `batches` batches, once every worker has delivered its first batch."""
     it = iter(loader(stream, workers))
     for _ in range(max(workers, 1)):
         next(it)
     start, clips = time.perf_counter(), 0
     for _ in range(batches):
-        batch = next(it)
-        if crop is not None:
-            augment.weak(batch["rgb"], batch["tg"], crop, generator)
-        clips += len(batch["rgb"])
+        clips += len(next(it)["rgb"])
     seconds = time.perf_counter() - start
     del it  # ends the workers before the next way starts
     return clips / seconds
@@ -156,7 +154,6 @@ def ways(args, urls, videos, limit_jpegs) -> dict:
     """{way: a function of no arguments returning clips/s}, each making its stream afresh."""
     total = args.batches + args.workers  # the first batch of each worker is not timed
     size, small = args.size, args.small
-    crop, small_crop = (args.crop, small) if args.weak else (None, None)
 
     def ours(square):  # reduce None: per video, the largest DCT reduction that keeps its short side >= square
         return train_stream(urls, batch_size=args.batch, clip_len=CLIP_LEN, interval=INTERVAL, size=square,
@@ -165,14 +162,14 @@ def ways(args, urls, videos, limit_jpegs) -> dict:
     folders = [(f, n) for _, f, n in videos]
     originals = [(v, n) for v, _, n in videos]
     return {
-        "ours": lambda: clips_per_second(ours(size), args.workers, args.batches, crop),
-        "reduced": lambda: clips_per_second(ours(small), args.workers, args.batches, small_crop),
+        "ours": lambda: clips_per_second(ours(size), args.workers, args.batches),
+        "reduced": lambda: clips_per_second(ours(small), args.workers, args.batches),
         "folders": lambda: clips_per_second(ClipStream(folders, FolderClip(size), args.batch, total),
-                                            args.workers, args.batches, crop),
+                                            args.workers, args.batches),
         "pyav": lambda: clips_per_second(ClipStream(originals, PyAVClip(size), args.batch, total),
-                                         args.workers, args.batches, crop),
+                                         args.workers, args.batches),
         "limit": lambda: clips_per_second(ClipStream(limit_jpegs, JpegLimit(size), args.batch, total),
-                                          args.workers, args.batches, crop),
+                                          args.workers, args.batches),
     }
 
 
@@ -190,20 +187,19 @@ def report(rates: dict[str, list[float]], args, videos: int, frames: int) -> tup
     print("\nmachine: " + ", ".join(f"{k} {v}" for k, v in prep.machine().items()))
     print(f"{videos} training videos, {frames} frames, native size; {args.workers} workers, batch {args.batch}, "
           f"{args.batches} batches timed, medians of {args.repeats} rounds; x = ratio of clips/s")
-    print("| loader | stream square | weak crop | clips/s | x ours |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| loader | weak view | clips/s | x ours |")
+    print("| --- | --- | --- | --- |")
     for way, name in ROWS:
-        square, crop = (args.small, args.small) if way == "reduced" else (args.size, args.crop)
-        crop = crop if args.weak else "-"
+        side = args.small if way == "reduced" else args.size
         r = table[way]["clips_s"]
-        print(f"| {name} | {square if way != 'limit' else '-'} | {crop} | {r:.1f} | {r / table['ours']['clips_s']:.2f} |")
+        print(f"| {name} | {side if way != 'limit' else '-'} | {r:.1f} | {r / table['ours']['clips_s']:.2f} |")
     ours = table["ours"]["clips_s"]
     checks = [("(a) folders", ours / table["folders"]["clips_s"], TARGET_FOLDERS),
               ("(b) PyAV", ours / table["pyav"]["clips_s"], TARGET_PYAV),
               ("the JPEG-decode limit", ours / table["limit"]["clips_s"], TARGET_LIMIT)]
     goals = [f"ours >= {goal:g}x {what}: {ratio:.2f}x ({'met' if ratio >= goal else 'MISSED'})"
              for what, ratio, goal in checks]
-    goals.append(f"reduced ({args.small} from {args.size}, reduce {choose_reduce(args.size, args.small)}): "
+    goals.append(f"reduced ({args.small} from {args.size}, reduce {choose_reduce(240, args.small)} on 240p frames): "
                  f"{table['reduced']['clips_s'] / ours:.2f}x ours")
     print("\n" + "\n".join(goals))
     return table, goals
@@ -216,10 +212,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=24, help="batches timed per way and round")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--size", type=int, default=240, help="the stream's square: 240p frames stay unscaled")
-    parser.add_argument("--crop", type=int, default=224, help="weak augmentation's output size (with --weak)")
-    parser.add_argument("--weak", action="store_true", help="also apply the weak augmentation, on the CPU")
-    parser.add_argument("--small", type=int, default=112, help="crop of the reduced row (stream square and weak)")
+    parser.add_argument("--size", type=int, default=224, help="the weak view's side, as the paper's training crop")
+    parser.add_argument("--small", type=int, default=112, help="the weak view's side in the reduced row")
     parser.add_argument("--work", type=Path, help="folder for the corpus and outputs, kept and reused [default: temporary]")
     parser.add_argument("--json", type=Path, help="where to write the results [default: <work>.json, beside it]")
     args = parser.parse_args()

@@ -3,10 +3,10 @@
 Run from the project root: python bench/train_step.py [--steps 4] [--r3d18-steps 1] [--r3d18-cpu-batch 2] [--repeats 3]
 [--json PATH]
 
-One step is what tgtrain.engine runs per batch: the method's forward (weak augmentation, and for fixmatch and ltg
-the strong views of the unlabeled clips too: the step after the supervised warm-up, the dearer one), backward,
-clip_grad_norm_ and SGD. The batches are random uint8 clips of the preset's shape (clip_len frames of load_size
-squares, cropped to size by the augmentation), made here: no shards, no loader, so this measures the model alone.
+One step is what tgtrain.engine runs per batch: the method's forward (for fixmatch and ltg the strong views of the
+unlabeled clips too: the step after the supervised warm-up, the dearer one), backward, clip_grad_norm_ and SGD. The
+batches are random uint8 clips of the preset's shape (clip_len frames of size x size: the loader's weak views), made
+here: no shards, no loader, so this measures the model alone.
 clips/s = (labeled + unlabeled clips) per step / step time, the median of the timed steps after one warm-up step,
 then the median over --repeats rounds, the cases taking turns (a shared machine's load comes and goes).
 Each (device, method, preset) runs in a fresh subprocess of this script, so that its peak resident memory
@@ -38,8 +38,8 @@ CLASSES = 51  # HMDB-51's
 
 
 def synthetic_batch(config, batch_size: int, generator) -> dict:
-    """A loader's batch: uint8 (B, T, S, S, 3) RGB and TG at the preset's load_size, labels and hidden true labels."""
-    shape = (batch_size, config.clip_len, config.load_size, config.load_size, 3)
+    """A loader's batch: uint8 (B, T, S, S, 3) RGB and TG at the preset's size, labels and hidden true labels."""
+    shape = (batch_size, config.clip_len, config.size, config.size, 3)
     label = torch.randint(CLASSES, (batch_size,), generator=generator)
     return {"rgb": torch.randint(256, shape, dtype=torch.uint8, generator=generator),
             "tg": torch.randint(256, shape, dtype=torch.uint8, generator=generator),
@@ -77,7 +77,7 @@ def measure(method_name: str, preset: str, device_name: str, batch_size: int, st
     clips = batch_size * (2 if method.uses_unlabeled else 1)
     step = median(times[1:])
     return {"method": method_name, "preset": preset, "device": device.type, "batch": batch_size, "clips": clips,
-            "crop": config.size, "load_size": config.load_size, "step_s": step, "clips_s": clips / step,
+            "crop": config.size, "step_s": step, "clips_s": clips / step,
             "step_times": times, "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib(),
             "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
             "threads": torch.get_num_threads()}
@@ -123,7 +123,7 @@ def report(rows: list[dict]) -> None:
     for r in rows:
         cuda = f"{r['cuda_peak_mib']:.0f}" if r["cuda_peak_mib"] is not None else "-"
         precision = " bf16" if r["device"] == "cuda" else ""
-        print(f"| {r['device']}{precision} | {r['preset']} | {r['crop']} from {r['load_size']} | {r['method']} | "
+        print(f"| {r['device']}{precision} | {r['preset']} | {r['crop']} | {r['method']} | "
               f"{r['batch']} + {r['clips'] - r['batch']} | {r['step_s']:.3f} | {r['clips_s']:.1f} | "
               f"{r['peak_rss_mib']:.0f} | {cuda} |")
 

@@ -18,8 +18,9 @@ from tgprep.errors import UserError
 from tgprep.sample import SampleError, make_sample, tg_from_stored
 from tgprep.shards import ShardTask, write_shard
 from tgprep.video import Video, encode_video
-from tgtrain.data import choose_reduce, crop_square, eval_stream, loader, shard_urls, train_indices, train_stream
-from tgtrain.data import test_indices as uniform_indices  # renamed so that pytest does not collect it
+from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, train_indices
+from tgtrain.clips import test_indices as uniform_indices  # renamed so that pytest does not collect it
+from tgtrain.data import eval_stream, loader, shard_urls, train_stream
 
 CLASSES = ["a", "b", "c"]
 
@@ -151,6 +152,27 @@ def test_crop_square_slides_along_the_long_side_and_resizes_only_when_needed():
         assert np.abs(out.astype(int) - np.stack(pillow)).max() <= 1
 
 
+def test_crop_box_is_mmaction2s_random_resized_crop_over_the_whole_frame():
+    rng = np.random.default_rng(0)
+    boxes = np.array([crop_box(256, 455, rng) for _ in range(2000)])
+    x0, y0, w, h = boxes.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 455).all() and (y0 + h <= 256).all()
+    assert (w > 256).mean() > 0.1  # boxes wider than the short side's square: it spans the frame's width
+    assert x0.min() == 0 and (x0 + w).max() == 455  # every part of the frame can be in a box
+    assert 0.07 < (w * h / (455 * 256)).min() and (w * h / (455 * 256)).max() <= 1  # area 0.08-1 of the frame
+    assert 3 / 4 - 0.02 < (w / h).min() and (w / h).max() < 4 / 3 + 0.02
+    # the fallback when no draw fits: the centred square of the short side
+    assert crop_box(256, 455, rng, area=(1.0, 1.0), ratio=(2.0, 3.0)) == (99, 0, 256, 256)
+
+
+def test_resized_crop_cuts_the_box_and_flips():
+    frames = np.arange(2 * 6 * 8 * 3, dtype=np.uint8).reshape(2, 6, 8, 3)
+    out = resized_crop(frames, (2, 1, 4, 4), 4)
+    assert np.array_equal(out, frames[:, 1:5, 2:6]) and np.shares_memory(out, frames)
+    assert np.array_equal(resized_crop(frames, (2, 1, 4, 4), 4, flip=True), frames[:, 1:5, 5:1:-1])
+    assert resized_crop(frames, (0, 0, 8, 3), 5).shape == (2, 5, 5, 3)
+
+
 # -- training streams --------------------------------------------------------------------------------------
 
 def test_train_batches_hold_the_sampled_frames_and_their_tg(shards):
@@ -172,6 +194,28 @@ def test_train_batches_hold_the_sampled_frames_and_their_tg(shards):
             assert np.abs(tg - (2 * k + 2)).max() < 1.5, (key, k, tg)
     seen = Counter(key for batch in batches for key in batch["key"])
     assert set(seen) <= keys_of({"labeled"}) and len(seen) >= 6  # many videos, from several shards
+
+
+def test_weak_crops_span_the_width_and_rgb_and_tg_share_box_and_flip(tmp_path):
+    """A 455x256 video of two frames, P and 2P, where P codes the column in red and the row in green: TG 0 is P
+    again, so the RGB and the TG crop of a clip show the same pixels only if they share box and flip."""
+    cols, rows = np.meshgrid(np.arange(455), np.arange(256))
+    pattern = np.stack([cols * 120 // 454, rows * 120 // 255, np.full_like(cols, 60)], -1).astype(np.uint8)
+    record = Record("t_wide", "t_wide.avi", "a", 0, "train")
+    write_shard(tmp_path, ShardTask("labeled-000000", "labeled", [record]),
+                lambda r, with_label: make_sample(r, Video(np.stack([pattern, 2 * pattern]), 25.0, (455, 256)),
+                                                  fps=None, quality=95, with_label=with_label))
+    batches = stream(shard_urls(tmp_path, "labeled"), batch_size=8, clip_len=1, size=32, epoch_batches=8, shuffle=1)
+    spans, flips = [], set()
+    for batch in batches:
+        rgb = batch["rgb"][:, 0].float()
+        tg = tg_from_stored(batch["tg"][:, 0].float())
+        assert (rgb - tg).abs().mean() < 2  # the same box and flip: the same pixels
+        red = rgb[..., 0].mean(1)  # per clip, the column code across the crop
+        spans += ((red.amax(1) - red.amin(1)) * 454 / 120).tolist()
+        flips |= set((red[:, -1] > red[:, 0]).tolist())
+    assert max(spans) > 300 and min(spans) < 200  # wider than the 256-pixel square, and small boxes too
+    assert flips == {True, False}
 
 
 def test_every_sample_is_drawn_as_often_whatever_its_shard_size(shards):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tgprep.datasets.common import Record
 from tgprep.sample import (SampleError, decode_frames, encode_tg, make_sample, read_meta, select_frames,
@@ -132,3 +133,20 @@ def test_damaged_jpeg_and_bad_index_raise_sample_error(sample):
         decode_frames(garbage, "rgb", [3])
     with pytest.raises(SampleError, match="no tg frame 73"):
         decode_frames(sample, "tg", [73])
+
+
+def test_reduced_decoding_gives_the_rounded_up_size_for_every_side():
+    """libjpeg's DCT scaling for every width and height 1..64 at every reduction: ceil(side / reduce), pixels
+    close to the full decoding shrunk by the same factor (reduce 1: the JPEG itself)."""
+    y, x = np.mgrid[0:64, 0:64]
+    smooth = np.stack([4 * x, 4 * y, 2 * (x + y)], -1).astype(np.uint8)  # ramps: DCT scaling is close to a box mean
+    for width in range(1, 65):
+        for height in range(1, 65):
+            video = Video(smooth[None, :height, :width].copy(), 25.0, (width, height))
+            sample = make_sample(RECORD, video, fps=None, quality=95, with_label=False)
+            full = decode_frames(sample, "rgb", [0])[0]
+            for reduce in (2, 4, 8):
+                small = decode_frames(sample, "rgb", [0], reduce)[0]
+                assert small.shape == (-(-height // reduce), -(-width // reduce), 3), (width, height, reduce)
+                shrunk = np.asarray(Image.fromarray(full).reduce(reduce))
+                assert np.abs(small.astype(int) - shrunk).mean() < 6, (width, height, reduce)

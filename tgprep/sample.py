@@ -201,14 +201,16 @@ def decode_frames(sample: dict, modality: str, indices, reduce: int = 1) -> np.n
     """uint8 (n, h, w, 3) of the stored "rgb" or "tg" JPEGs at `indices`; reduce 2/4/8 decodes them smaller.
 
     reduce uses libjpeg's DCT scaling (Pillow's draft mode): a loader whose crops are smaller than the
-    stored frames skips most of the decoding work. Sizes are then ceil(width / reduce) x ceil(height / reduce).
+    stored frames skips most of the decoding work. Sizes are then ceil(width / reduce) x ceil(height / reduce),
+    whatever the sides, as libjpeg rounds.
     """
     if modality not in ("rgb", "tg") or reduce not in (1, 2, 4, 8):
         raise ValueError(f"modality must be rgb or tg and reduce 1, 2, 4 or 8, not {modality!r}, {reduce!r}")
     meta = read_meta(sample)
     offsets, payload = meta[f"{modality}_offsets"], sample[modality]
     full = (meta["width"], meta["height"])
-    out = np.empty((len(indices), -(-full[1] // reduce), -(-full[0] // reduce), 3), np.uint8)
+    width, height = _reduced(full, reduce)
+    out = np.empty((len(indices), height, width, 3), np.uint8)
     for j, i in enumerate(indices):
         if not 0 <= i < len(offsets) - 1:
             raise SampleError(f"sample {sample['__key__']}: no {modality} frame {i} (it has {len(offsets) - 1})")
@@ -224,13 +226,13 @@ def _jpeg(image: np.ndarray, quality: int, subsampling: int) -> bytes:
 
 def _unjpeg(data: bytes, full: tuple[int, int], reduce: int, what: str) -> np.ndarray:
     """One stored JPEG as pixels, after checking its header against the .json (no surprise sizes)."""
-    size = (-(-full[0] // reduce), -(-full[1] // reduce))
+    size = _reduced(full, reduce)
     try:
         image = Image.open(io.BytesIO(data), formats=["JPEG"])
         if image.mode != "RGB" or image.size != full:
             raise SampleError(f"{what}: a {image.mode} {image.size} image, expected RGB {full}")
         if reduce > 1:
-            image.draft("RGB", size)
+            image = _draft(image, full, reduce)
         pixels = np.asarray(image)
     except SampleError:
         raise
@@ -239,6 +241,25 @@ def _unjpeg(data: bytes, full: tuple[int, int], reduce: int, what: str) -> np.nd
     if pixels.shape != (size[1], size[0], 3):
         raise SampleError(f"{what}: decodes to {pixels.shape}, expected {(size[1], size[0], 3)}")
     return pixels
+
+
+def _reduced(full: tuple[int, int], reduce: int) -> tuple[int, int]:
+    return -(-full[0] // reduce), -(-full[1] // reduce)
+
+
+def _draft(image: Image.Image, full: tuple[int, int], reduce: int) -> Image.Image:
+    """The JPEG decoded at 1 / reduce of its size, rounded up, as libjpeg's DCT scaling does.
+
+    draft() picks libjpeg's scale as min(width // asked_width, height // asked_height), so asking for the
+    rounded-up size of a side that reduce does not divide gets a smaller scale (a 230-pixel side asked at 58:
+    230 // 58 = 3, so scale 2, not 4). Asking for the rounded-down sizes gets the whole scale whenever both
+    sides are at least reduce; a shorter side still falls short, and Image.reduce finishes the job: it rounds
+    up too, and ceil(ceil(x / a) / b) == ceil(x / (a * b)).
+    """
+    image.draft("RGB", (max(1, full[0] // reduce), max(1, full[1] // reduce)))
+    # the largest scale that gives the size draft() chose (tiny sides give the same size at several scales)
+    done = next((s for s in (8, 4, 2) if s <= reduce and _reduced(full, s) == image.size), 1)
+    return image.reduce(reduce // done) if done < reduce else image
 
 
 def _check_offsets(key: str, modality: str, offsets, count: int, payload) -> None:

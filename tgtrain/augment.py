@@ -1,24 +1,44 @@
-"""Clip augmentation on the training device, batched: weak crop and flip, RandAugment-style strong ops, test crops."""
+"""Clip augmentation on the training device, batched: the reference's RandAugment (strong), normalisation, test crops.
 
-import math
+The weak augmentation (random resized crop over the whole frame and flip, shared by RGB and TG) happens in the
+loader's workers (tgtrain.clips), so clips arrive here as uint8 (B, T, S, S, 3) and weak views need no work.
+
+Clips come and go as uint8 tensors (B, T, H, W, 3), and every op rounds to 8 bits as an image library would; only
+normalize() makes the model's float (B, 3, T, H, W). TG clips are treated exactly like RGB images: the paper
+augments and normalises the stored TG image, not the signed difference. Everything here runs in float32, also under
+bf16 autocast. Random parameters are drawn on the CPU from `generator` (a seeded CPU generator gives the same draws
+whatever the device) and reach the device in one non-blocking copy per call; nothing here waits on the device.
+"""
+
+import functools
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-# Clips come and go as uint8 tensors (B, T, H, W, 3), the layout the loader delivers, so that weak and strong compose
-# and every op rounds to 8 bits as an image library would; only normalize() makes the model's float (B, 3, T, H, W).
-# TG clips are treated exactly like RGB images: the paper augments and normalises the stored TG image, not the signed
-# difference. Random parameters are drawn on the CPU (a few numbers per clip) from `generator`, so a seeded CPU
-# generator gives the same draws whatever device the clips are on.
-
-MEAN = torch.tensor([123.675, 116.28, 103.53])  # ImageNet statistics on the 0..255 scale, as the reference config
-STD = torch.tensor([58.395, 57.12, 57.375])
-FILL = 128.0  # what geometric ops and cutout uncover: mid grey, which for a TG image means "no change"
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, PIL's RGB -> L
+MEAN = (123.675, 116.28, 103.53)  # ImageNet statistics on the 0..255 scale, as the reference config
+STD = (58.395, 57.12, 57.375)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's RGB -> L
+CUTOUT_FILL = 128.0  # imgaug's Cutout default; geometric ops uncover black (imgaug's Affine default, cval 0)
 
 
-def _uniform(shape, lo, hi, generator):
-    return lo + (hi - lo) * torch.rand(shape, generator=generator)
+@functools.lru_cache(maxsize=None)
+def _constants(device: torch.device) -> dict[str, torch.Tensor]:
+    """MEAN, STD and LUMA on `device`, made together on first use there: no host-to-device copy per step."""
+    values = {"mean": MEAN, "std": STD, "luma": LUMA}
+    return {name: torch.tensor(v, dtype=torch.float32, device=device) for name, v in values.items()}
+
+
+def _fp32(x):
+    """No autocast inside: grid sampling and colour arithmetic in bf16 would be off by grey levels."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _to_device(numbers: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One CPU tensor onto the device without blocking the host (pinned first, as CUDA needs for that)."""
+    if device.type == "cuda":
+        return numbers.pin_memory().to(device, non_blocking=True)
+    return numbers.to(device, non_blocking=True)
 
 
 def _planar(x):
@@ -32,234 +52,251 @@ def _packed(x):
     return y.to(torch.uint8, memory_format=torch.contiguous_format)
 
 
-def _warp(x, theta, size, fill=None):
-    """Resample float clips (B, T, C, H, W) to `size` (h, w) through one affine map per clip, shared by its frames.
-
-    theta (B, 2, 3) maps output to input positions in grid_sample's [-1, 1] coordinates. Positions outside the
-    frame get `fill`, or the nearest edge pixel when fill is None (for crops, whose boxes lie inside the frame).
-    """
-    b, t, c, h, w = x.shape
-    grid = F.affine_grid(theta.to(x), [b, t * c, *size], align_corners=False)
-    planes = x.reshape(b, t * c, h, w)
-    if fill is None:
-        y = F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    else:  # grid_sample pads with zeros: shift the values so that zero stands for `fill`
-        y = F.grid_sample(planes - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-    return y.reshape(b, t, c, *size)
+# ---------------------------------------------------------------------------------------------------- strong ops
+# Each op is a pair: `params` runs on the CPU and gives each clip's numbers (n, k) from its signed level (n,) in
+# [-1, 1] (the magnitude with a random sign), two uniforms (n, 2) and the frame's (h, w); `apply` maps float clips
+# (n, T, 3, H, W) with values 0..255 on the device, given those numbers there. The same numbers apply to every
+# frame of a clip; statistics (contrast's mean, autocontrast's range, equalize's histogram) are per frame, as
+# imgaug applies the reference's ops frame by frame. "Reference" below is the paper's code (an MMAction2 fork),
+# whose strong augmentation is imgaug's RandAugment at magnitude 9 of 10 ("level" 0.9): each op's value there is
+# given beside ours, at that level.
 
 
-# ---------------------------------------------------------------------------------------------------- weak
+class Op(NamedTuple):
+    name: str
+    params: Callable  # (level (n,), uniforms (n, 2), h, w) -> (n, k) float32 on the CPU
+    apply: Callable   # (clips (n, T, 3, H, W), numbers (n, k)) -> clips, on the clips' device
 
 
-def _crop_boxes(n, h, w, generator, area, ratio, tries=10):
-    """(x0, y0, width, height) per clip in pixels, by MMAction2's RandomResizedCrop rule.
-
-    Up to `tries` draws of an area fraction and a log-uniform aspect ratio; the first box that fits wins; a clip
-    whose draws all miss gets the centred square, as the reference does.
-    """
-    target = h * w * _uniform((n, tries), *area, generator)
-    aspect = _uniform((n, tries), math.log(ratio[0]), math.log(ratio[1]), generator).exp()
-    cw, ch = (target * aspect).sqrt().round(), (target / aspect).sqrt().round()
-    fits = (cw <= w) & (ch <= h)
-    first = fits.int().argmax(1, keepdim=True)
-    found = fits.any(1)
-    side = float(min(h, w))
-    cw = torch.where(found, cw.gather(1, first)[:, 0], side)
-    ch = torch.where(found, ch.gather(1, first)[:, 0], side)
-    # floor((room + 1) * u) is randint(0, room); u = 0.5 centres the fallback square
-    ux = torch.where(found, torch.rand(n, generator=generator), 0.5)
-    uy = torch.where(found, torch.rand(n, generator=generator), 0.5)
-    return ((w - cw + 1) * ux).floor(), ((h - ch + 1) * uy).floor(), cw, ch
+def _per_clip(v):
+    return v.reshape(-1, 1, 1, 1, 1)
 
 
-def weak(rgb, tg, size: int, generator=None, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """Random resized crop to size x size and horizontal flip (p 0.5), one box and flip per clip.
-
-    The RGB and TG clips of a clip index get the same box and flip, and so do all their frames; tg may be None for
-    RGB-only methods. The paper's "resize the short side to 256" first is left out: the box is drawn as a fraction
-    of the frame, so that resize would only add one more interpolation. Returns uint8 (rgb, tg), (B, T, size, size, 3).
-    """
-    b, _, h, w, _ = rgb.shape
-    x0, y0, cw, ch = _crop_boxes(b, h, w, generator, area, ratio)
-    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = flip * cw / w
-    theta[:, 0, 2] = (2 * x0 + cw) / w - 1
-    theta[:, 1, 1] = ch / h
-    theta[:, 1, 2] = (2 * y0 + ch) / h - 1
-    out = [_packed(_warp(_planar(x), theta, (size, size))) if x is not None else None for x in (rgb, tg)]
-    return out[0], out[1]
-
-
-# ---------------------------------------------------------------------------------------------------- strong
-# Each op maps float clips (n, T, 3, H, W) with values 0..255 to the same, given one signed level per clip in
-# [-1, 1] (n,); level 0 is the identity, |level| 1 the strongest. The same parameters apply to every frame of a clip.
-# Colour statistics (contrast's mean, autocontrast's range, equalize's histogram) are taken over the whole clip for
-# the same reason. Geometric ops are built in pixels about the frame centre, as PIL's affine transforms.
-
-
-def _affine(x, m):
-    """Apply per-clip 3x3 pixel maps m (n, 3, 3), output -> input, centred coordinates."""
-    h, w = x.shape[-2:]
+def _theta(m, h, w):
+    """Pixel maps m (n, 3, 3), output -> input about the frame centre, as grid_sample's (n, 6) in [-1, 1] units."""
     to_pixels = torch.diag(torch.tensor([w / 2, h / 2, 1.0]))
-    theta = torch.linalg.inv(to_pixels) @ m @ to_pixels
-    return _warp(x, theta[:, :2], (h, w), FILL)
+    return (torch.linalg.inv(to_pixels) @ m @ to_pixels)[:, :2].reshape(-1, 6)
 
 
-def _identity_maps(level):
-    return torch.eye(3).repeat(len(level), 1, 1)
+def _maps(level, rows, cols, values):
+    m = torch.eye(3).repeat(len(level), 1, 1)
+    for r, c, v in zip(rows, cols, values):
+        m[:, r, c] = v
+    return m
 
 
-def shear_x(x, level, generator=None):
-    m = _identity_maps(level)
-    m[:, 0, 1] = 0.3 * level  # RandAugment's largest shear factor, about 17 degrees
-    return _affine(x, m)
+def _warp(x, theta):
+    """Resample float clips (n, T, C, H, W) through one affine map per clip (theta (n, 6)), shared by its frames;
+    bilinear, as imgaug's Affine (order 1), and uncovered pixels black, as its cval 0."""
+    n, t, c, h, w = x.shape
+    grid = F.affine_grid(theta.view(n, 2, 3), [n, t * c, h, w], align_corners=False)
+    y = F.grid_sample(x.reshape(n, t * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return y.reshape(n, t, c, h, w)
 
 
-def shear_y(x, level, generator=None):
-    m = _identity_maps(level)
-    m[:, 1, 0] = 0.3 * level
-    return _affine(x, m)
+def _shear(level, h, w, row, col):
+    # reference: shear=17.19 * level degrees (ShearX / ShearY): 15.5 degrees at level 0.9. imgaug 0.4 hands the angle
+    # to scikit-image's AffineTransform, which maps (x, y) to (x - sin(a) y, cos(a) y), or the transpose for y;
+    # this is its inverse, as the output -> input map
+    angle = torch.deg2rad(17.19 * level)
+    return _theta(_maps(level, [row, col], [col, col], [torch.tan(angle), 1 / torch.cos(angle)]), h, w)
 
 
-def translate_x(x, level, generator=None):
-    m = _identity_maps(level)
-    m[:, 0, 2] = 0.2 * level * x.shape[-1]  # up to 20 % of the width, as the reference's Imgaug
-    return _affine(x, m)
+def _translate(level, h, w, row):
+    # reference: percent=0.2 * level of the width (TranslateX) or height (TranslateY): 18 % at level 0.9
+    return _theta(_maps(level, [row], [2], [0.2 * level * (w if row == 0 else h)]), h, w)
 
 
-def translate_y(x, level, generator=None):
-    m = _identity_maps(level)
-    m[:, 1, 2] = 0.2 * level * x.shape[-2]
-    return _affine(x, m)
+def _rotate(level, uniforms, h, w):
+    # reference: rotate=30 * level degrees (imgaug's Rotate): 27 degrees at level 0.9
+    angle = torch.deg2rad(30 * level)
+    cos, sin = angle.cos(), angle.sin()
+    return _theta(_maps(level, [0, 0, 1, 1], [0, 1, 0, 1], [cos, -sin, sin, cos]), h, w)
 
 
-def rotate(x, level, generator=None):
-    angle = torch.deg2rad(30 * level)  # up to 30 degrees, as the reference
-    m = _identity_maps(level)
-    m[:, 0, 0], m[:, 0, 1] = angle.cos(), -angle.sin()
-    m[:, 1, 0], m[:, 1, 1] = angle.sin(), angle.cos()
-    return _affine(x, m)
+def _posterize(level, uniforms, h, w):
+    # reference: nb_bits=max(1, int(4 * level)) kept (imgaug's Posterize, as PIL's): 3 bits at level 0.9 (the
+    # reference's rule, from TF's AutoAugment, grows weaker with the level: 4 bits at level 1)
+    bits = (4 * level.abs()).floor().clamp(min=1)
+    return (2 ** (8 - bits))[:, None]
 
 
-def _per_clip(v, x):
-    return v.to(x).reshape(-1, 1, 1, 1, 1)
-
-
-def posterize(x, level, generator=None):
-    step = _per_clip(2 ** (5 * level.abs() + 0.5).floor(), x)  # drops up to 5 of 8 bits: 3 kept at level 0.9
+def _posterized(x, p):
+    step = _per_clip(p[:, 0])
     return (x / step).floor() * step
 
 
-def solarize(x, level, generator=None):
-    threshold = _per_clip(256 - 128 * level.abs(), x)  # inverts pixels at or above; 256 inverts none
-    return torch.where(x >= threshold, 255 - x, x)
+def _solarize(level, uniforms, h, w):
+    # reference: threshold=256 * level (imgaug's Solarize inverts values >= int(threshold)): 230 at level 0.9
+    return (256 * level.abs()).floor()[:, None]
+
+
+def _solarized(x, p):
+    return torch.where(x >= _per_clip(p[:, 0]), 255 - x, x)
+
+
+def _factor(level, uniforms, h, w):
+    # reference: factor=1.8 * level + 0.1 for EnhanceColor, -Contrast, -Brightness, -Sharpness (imgaug's pillike,
+    # PIL's ImageEnhance), with no random sign: 1.72 at level 0.9
+    return (1.8 * level.abs() + 0.1)[:, None]
+
+
+def _blend(x, degenerate, p):
+    """PIL's ImageEnhance: factor 1 keeps x, 0 gives `degenerate`."""
+    return degenerate + _per_clip(p[:, 0]) * (x - degenerate)
 
 
 def _luma(x):
-    return (x * LUMA.to(x).reshape(1, 1, 3, 1, 1)).sum(2, keepdim=True)
+    return (x * _constants(x.device)["luma"].reshape(1, 1, 3, 1, 1)).sum(2, keepdim=True)
 
 
-def _blend(x, degenerate, level):
-    """PIL's ImageEnhance: factor 1 keeps x, 0 gives `degenerate`; factors 0.1..1.9 as in RandAugment."""
-    factor = _per_clip(1 + 0.9 * level, x)
-    return degenerate + factor * (x - degenerate)
+def _color(x, p):
+    return _blend(x, _luma(x), p)
 
 
-def color(x, level, generator=None):
-    return _blend(x, _luma(x), level)
+def _contrast(x, p):
+    return _blend(x, _luma(x).mean(dim=(2, 3, 4), keepdim=True), p)
 
 
-def contrast(x, level, generator=None):
-    return _blend(x, _luma(x).mean(dim=(1, 2, 3, 4), keepdim=True), level)
+def _brightness(x, p):
+    return _blend(x, torch.zeros_like(x), p)
 
 
-def brightness(x, level, generator=None):
-    return _blend(x, torch.zeros_like(x), level)
-
-
-def sharpness(x, level, generator=None):
+def _sharpness(x, p):
     """Blend with PIL's SMOOTH filter result; as in PIL the one-pixel border keeps its values."""
     n, t, c, h, w = x.shape
     # SMOOTH's kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 is a 3x3 box sum plus 4 times the centre
     box = 9 * F.avg_pool2d(x.reshape(n * t, c, h, w), 3, stride=1).reshape(n, t, c, h - 2, w - 2)
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = ((box + 4 * x[..., 1:-1, 1:-1]) / 13).round()
-    return _blend(x, degenerate, level)
+    return _blend(x, degenerate, p)
 
 
-def autocontrast(x, level=None, generator=None):
-    """Stretch each channel of each clip to 0..255 (PIL's autocontrast, cutoff 0)."""
-    lo = x.amin(dim=(1, 3, 4), keepdim=True)
-    hi = x.amax(dim=(1, 3, 4), keepdim=True)
+def _autocontrast(x, p):
+    """Stretch each channel of each frame to 0..255 (reference: imgaug's pillike Autocontrast, cutoff 0)."""
+    lo = x.amin(dim=(3, 4), keepdim=True)
+    hi = x.amax(dim=(3, 4), keepdim=True)
     scale = 255 / (hi - lo).clamp(min=1)
     return torch.where(hi > lo, (x - lo) * scale, x)
 
 
-def equalize(x, level=None, generator=None):
-    """Histogram-equalise each channel of each clip with PIL's lookup table rule."""
+def _equalize(x, p):
+    """Histogram-equalise each channel of each frame with PIL's lookup table rule (reference: pillike Equalize)."""
     n, t, c, h, w = x.shape
-    values = x.transpose(1, 2).reshape(n * c, -1).long()
-    hist = torch.zeros(n * c, 256, dtype=x.dtype, device=x.device)
+    values = x.reshape(n * t * c, h * w).long()
+    hist = torch.zeros(n * t * c, 256, dtype=x.dtype, device=x.device)
     hist.scatter_add_(1, values, torch.ones_like(values, dtype=x.dtype))
     last = 255 - (hist.flip(1) > 0).int().argmax(1, keepdim=True)  # the highest occupied bin
     step = ((hist.sum(1, keepdim=True) - hist.gather(1, last)) / 255).floor()
     before = hist.cumsum(1) - hist
     lut = ((before + (step / 2).floor()) / step.clamp(min=1)).floor().clamp(max=255)
     lut = torch.where(step > 0, lut, torch.arange(256.0, device=x.device))  # PIL leaves such channels alone
-    return lut.gather(1, values).reshape(n, c, t, h, w).transpose(1, 2)
+    return lut.gather(1, values).reshape(n, t, c, h, w)
 
 
-def invert(x, level=None, generator=None):
+def _invert(x, p):
     return 255 - x
 
 
-def cutout(x, level, generator=None):
-    """Fill one square per clip, side up to 20 % of the short side, centred anywhere in the frame."""
+def _cutout_box(level, uniforms, h, w):
+    # reference: imgaug's Cutout(size=0.2 * level, squared=True): a square of side 0.2 * level of the height (18 %
+    # at level 0.9) centred uniformly in the frame, filled with 128; corners truncated to pixels as imgaug does
+    half = 0.1 * level.abs() * h
+    cx, cy = uniforms[:, 0] * w, uniforms[:, 1] * h
+    corners = torch.stack([cx - half, cy - half, cx + half, cy + half], 1).trunc()
+    return torch.minimum(corners.clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float32))
+
+
+def _cutout(x, p):
     h, w = x.shape[-2:]
-    half = _per_clip(0.1 * level.abs() * min(h, w), x)
-    cy = _per_clip(torch.rand(len(level), generator=generator) * h, x)
-    cx = _per_clip(torch.rand(len(level), generator=generator) * w, x)
-    ys = torch.arange(h, device=x.device).reshape(h, 1) + 0.5  # pixel centres
-    xs = torch.arange(w, device=x.device) + 0.5
-    inside = ((ys - cy).abs() < half) & ((xs - cx).abs() < half)  # (n, 1, 1, H, W)
-    return torch.where(inside, FILL, x)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(h, 1)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype)
+    x0, y0, x1, y1 = (_per_clip(p[:, i]) for i in range(4))
+    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)  # (n, 1, 1, H, W)
+    return torch.where(inside, CUTOUT_FILL, x)
 
 
-# The paper's list (the reference's Imgaug "default" RandAugment); autocontrast, equalize and invert take no level.
-OPS = (shear_x, shear_y, translate_x, translate_y, rotate, posterize, solarize, color, contrast, brightness,
-       sharpness, autocontrast, equalize, invert, cutout)
+def _none(level, uniforms, h, w):
+    return torch.zeros(len(level), 0)
 
 
-def strong(x, generator=None, n_ops=2, magnitude=0.9, ops=OPS):
-    """RandAugment: per clip, n_ops ops drawn from `ops` (with replacement) at `magnitude` (0..1) with a random sign.
+# The reference's list, in its order (imgaug's "default" RandAugment, which applies its chosen ops in this order)
+OPS = (
+    Op("shear_x", lambda level, u, h, w: _shear(level, h, w, 0, 1), _warp),
+    Op("shear_y", lambda level, u, h, w: _shear(level, h, w, 1, 0), _warp),
+    Op("translate_x", lambda level, u, h, w: _translate(level, h, w, 0), _warp),
+    Op("translate_y", lambda level, u, h, w: _translate(level, h, w, 1), _warp),
+    Op("rotate", _rotate, _warp),
+    Op("posterize", _posterize, _posterized),
+    Op("solarize", _solarize, _solarized),
+    Op("color", _factor, _color),
+    Op("contrast", _factor, _contrast),
+    Op("brightness", _factor, _brightness),
+    Op("sharpness", _factor, _sharpness),
+    Op("autocontrast", _none, _autocontrast),
+    Op("equalize", _none, _equalize),
+    Op("invert", _none, _invert),
+    Op("cutout", _cutout_box, _cutout),
+)
 
-    Each clip gets its own ops and parameters, the same for all its frames; call it once for RGB and once for TG to
-    draw them independently, as the paper does. magnitude 0.9 is the reference's level (9 of 10).
-    """
-    b = x.shape[0]
-    chosen = torch.randint(len(ops), (b, n_ops), generator=generator)
+
+def _draw(x, generator, n_ops, magnitude, ops):
+    """On the CPU: which clips each op applies to, in which turn, with which numbers.
+
+    Returns [(op, clips, k)] and the numbers, flat: per entry its clip indices, then their (clips, k) numbers."""
+    b, _, h, w, _ = x.shape
+    # n_ops distinct ops per clip (imgaug's SomeOf), applied in the list's order
+    chosen = torch.rand(b, len(ops), generator=generator).argsort(1)[:, :n_ops].sort(1).values
     levels = magnitude * torch.where(torch.rand(b, n_ops, generator=generator) < 0.5, -1.0, 1.0)
-    y = _planar(x)
-    for slot in range(n_ops):
+    uniforms = torch.rand(b, n_ops, 2, generator=generator)
+    plan, numbers = [], []
+    for turn in range(n_ops):
         for k, op in enumerate(ops):
-            rows = (chosen[:, slot] == k).nonzero()[:, 0]
+            rows = (chosen[:, turn] == k).nonzero()[:, 0]
             if len(rows):
-                on_device = rows.to(y.device)
-                y[on_device] = op(y[on_device], levels[rows, slot], generator).round().clamp(0, 255)
+                params = op.params(levels[rows, turn], uniforms[rows, turn], h, w).float()
+                plan.append((op, len(rows), params.shape[1]))
+                numbers += [rows.float(), params.flatten()]
+    return plan, numbers
+
+
+def _run(x, plan, pieces):
+    y = _planar(x)
+    for op, n, k in plan:
+        rows, params = next(pieces), next(pieces)
+        rows = rows.long()
+        y.index_copy_(0, rows, op.apply(y.index_select(0, rows), params.view(n, k)).round_().clamp_(0, 255))
     return _packed(y)
 
 
-# ---------------------------------------------------------------------------------------------------- test time
+def strong(*clips, generator=None, n_ops=2, magnitude=0.9, ops=OPS) -> list:
+    """The reference's RandAugment on each uint8 (B, T, H, W, 3) batch of `clips`; returns them augmented, in order.
+
+    Per clip: n_ops distinct ops drawn from `ops` (imgaug's SomeOf, without replacement), applied in the list's
+    order, at `magnitude` (0..1; 0.9 is the reference's 9 of 10), each geometric op with a random sign, the same
+    parameters for all the clip's frames. Each batch draws its own ops, so give RGB and TG together: their ops are
+    independent, as the paper's, and all their parameters reach the device in one copy.
+    """
+    with _fp32(clips[0]):
+        drawn = [_draw(x, generator, n_ops, magnitude, ops) for x in clips]
+        flat = [piece for _, numbers in drawn for piece in numbers]
+        sizes = [len(piece) for piece in flat]
+        pieces = iter(torch.split(_to_device(torch.cat(flat) if flat else torch.zeros(0), clips[0].device), sizes))
+        return [_run(x, plan, pieces) for x, (plan, _) in zip(clips, drawn)]
+
+
+# ---------------------------------------------------------------------------------------------------- model input
 
 
 def normalize(x):
-    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) with ImageNet mean and std.
+    """uint8 (B, T, H, W, 3) -> float32 (B, 3, T, H, W) with ImageNet mean and std, also under autocast.
 
     TG clips get the same mean and std as RGB: the paper normalises the stored TG image like an RGB image.
     """
-    y = x.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
-    return y.sub_(MEAN.to(y.device).reshape(3, 1, 1, 1)).div_(STD.to(y.device).reshape(3, 1, 1, 1))
+    with _fp32(x):
+        y = x.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
+        mean, std = _constants(x.device)["mean"], _constants(x.device)["std"]
+        return y.sub_(mean.reshape(3, 1, 1, 1)).div_(std.reshape(3, 1, 1, 1))
 
 
 def resize_short(x, size: int):
@@ -267,9 +304,10 @@ def resize_short(x, size: int):
     b, t, h, w, _ = x.shape
     scale = size / min(h, w)
     out = (round(h * scale), round(w * scale))
-    y = F.interpolate(_planar(x).reshape(b * t, 3, h, w), size=out, mode="bilinear", antialias=True,
-                      align_corners=False)
-    return _packed(y.reshape(b, t, 3, *out))
+    with _fp32(x):
+        y = F.interpolate(_planar(x).reshape(b * t, 3, h, w), size=out, mode="bilinear", antialias=True,
+                          align_corners=False)
+        return _packed(y.reshape(b, t, 3, *out))
 
 
 def _crop(x, top, left, size):

@@ -3,7 +3,7 @@
 A stream is a chain of small generators, run once per DataLoader worker:
 
   train: resampled shards (seeded per rank, worker and pass)
-         -> samples -> shuffle buffer -> clip (decode only its frames) -> square crop -> batch
+         -> samples -> shuffle buffer -> clip (decode only its frames) -> random resized crop, flip -> batch
   eval:  the shards split by rank and by worker -> samples -> clips x crops -> batch
 
 The stages follow webdataset's, with two of its parts replaced, for measured reasons:
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tgprep.errors import UserError
 from tgprep.sample import SampleError, decode_frames, read_meta
+from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
 
 FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
 
@@ -74,48 +74,7 @@ def finished_samples(tar: Path) -> int:
     return samples
 
 
-# -- clip indices (pure) -----------------------------------------------------------------------------------
-
-def train_indices(n: int, clip_len: int, interval: int, rng: np.random.Generator) -> np.ndarray:
-    """clip_len frame numbers `interval` apart from a random start, looping when the video is too short."""
-    span = (clip_len - 1) * interval + 1
-    # a short video can start anywhere: it loops, and every start gives a different clip
-    start = rng.integers(n - span + 1) if n >= span else rng.integers(n)
-    return (start + np.arange(clip_len) * interval) % n
-
-
-def test_indices(n: int, clip_len: int, interval: int, clips: int) -> list[np.ndarray]:
-    """`clips` clips with starts spread uniformly over the video (centred in their slots), looping if short."""
-    span = (clip_len - 1) * interval + 1
-    room = max(n - span + 1, 1)
-    starts = ((np.arange(clips) + 0.5) * room / clips).astype(np.int64)
-    return [(start + np.arange(clip_len) * interval) % n for start in starts]
-
-
-def choose_reduce(stored_short_side: int, size: int) -> int:
-    """The largest JPEG decoding reduction (1, 2, 4, 8) that keeps the short side at least `size`."""
-    reduce = 1
-    while reduce < 8 and -(-stored_short_side // (reduce * 2)) >= size:
-        reduce *= 2
-    return reduce
-
-
 # -- frames ------------------------------------------------------------------------------------------------
-
-def crop_square(frames: np.ndarray, where: float, size: int) -> np.ndarray:
-    """(T, H, W, 3) -> (T, size, size, 3): the square of side min(H, W) at `where` along the long side
-    (0 = start, 0.5 = centre, 1 = end), resized only when it is not `size` already."""
-    _, h, w, _ = frames.shape
-    side = min(h, w)
-    offset = round(where * (max(h, w) - side))
-    square = frames[:, offset:offset + side] if h > w else frames[:, :, offset:offset + side]
-    if side == size:
-        return square
-    # torch's uint8 antialiased bilinear is Pillow's filter (within 1 grey level) and ~9x faster than a loop of it
-    planar = torch.from_numpy(square).permute(0, 3, 1, 2)  # a view: channels last in memory
-    resized = F.interpolate(planar, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.permute(0, 2, 3, 1).numpy()
-
 
 def reduce_for(meta: dict, size: int, reduce: int | None) -> int:
     """The given reduction, or by default the largest that still decodes this video's short side to >= size."""
@@ -246,11 +205,11 @@ def in_shard(sample: dict, error: SampleError) -> SampleError:
 class TrainStream(IterableDataset):
     """Endless resampled clips, cut into passes of epoch_batches batches per rank (see train_stream)."""
 
-    def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, modalities, labeled,
+    def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, area, modalities, labeled,
                  epoch_batches, seed, shuffle, epoch):
         self.urls = list(urls)
-        self.batch_size, self.clip_len, self.interval, self.size, self.reduce = (
-            batch_size, clip_len, interval, size, reduce)
+        self.batch_size, self.clip_len, self.interval, self.size, self.reduce, self.area = (
+            batch_size, clip_len, interval, size, reduce, area)
         self.modalities, self.labeled = tuple(modalities), labeled
         self.epoch_batches, self.seed, self.shuffle = epoch_batches, seed, shuffle
         self.epoch = epoch  # counts passes, so each pass of each rank and worker draws other clips
@@ -274,28 +233,35 @@ class TrainStream(IterableDataset):
             if n < 1:
                 raise SampleError(f"sample {sample['__key__']}: no frames")
             indices = train_indices(n, self.clip_len, self.interval, rng)
-            position = rng.random()  # one crop for RGB and TG, so the pair stays aligned
             reduce = reduce_for(meta, self.size, self.reduce)
-            clip = {m: crop_square(frames_at(sample, m, indices, reduce), position, self.size)
-                    for m in self.modalities}
+            frames = {m: frames_at(sample, m, indices, reduce) for m in self.modalities}
+            # one box and one flip for RGB and TG, so the pair stays aligned
+            box = crop_box(*frames[self.modalities[0]].shape[1:3], rng, self.area)
+            flip = rng.random() < 0.5
+            clip = {m: resized_crop(f, box, self.size, flip) for m, f in frames.items()}
         except SampleError as e:
             raise in_shard(sample, e) from None
         return {**clip, "label": label, "true_label": true_label, "key": sample["__key__"]}
 
 
 def train_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, reduce: int | None = None,
-                 modalities=("rgb", "tg"), labeled: bool, epoch_batches: int, seed: int, shuffle: int = 256,
-                 epoch: int = 0) -> IterableDataset:
+                 area=(0.08, 1.0), modalities=("rgb", "tg"), labeled: bool, epoch_batches: int, seed: int,
+                 shuffle: int = 256, epoch: int = 0) -> IterableDataset:
     """Training batches from resampled shards: "rgb" (and "tg" when in modalities) uint8 (B, T, S, S, 3),
     "label" int64 (B,) from .cls or -1 when not labeled, "true_label" int64 (B,) from the .json (monitoring
-    only), "key" list[str]. reduce: JPEG decoding reduction; None picks the largest that keeps each video's
-    short side >= size (libjpeg's DCT scaling: a quarter of the work at half size). Each iteration is one pass of exactly epoch_batches batches on this rank;
-    `epoch` numbers the first pass (give the epoch to resume at, so a resumed run draws the same clips)."""
+    only), "key" list[str].
+
+    Each clip has the weak augmentation already (tgtrain.clips): a random resized crop over the whole frame
+    (its area a fraction of the frame's in `area`), resized to S = size, flipped half of the time, the same
+    for its RGB and TG. reduce: JPEG decoding reduction; None picks the largest that keeps each video's
+    short side >= size (libjpeg's DCT scaling: a quarter of the work at half size). Each iteration is one
+    pass of exactly epoch_batches batches on this rank; `epoch` numbers the first pass (give the epoch to
+    resume at, so a resumed run draws the same clips)."""
     if not set(modalities) <= {"rgb", "tg"} or not modalities:
         raise ValueError(f"modalities must be some of rgb and tg, not {modalities!r}")
     return TrainStream(urls, batch_size=batch_size, clip_len=clip_len, interval=interval, size=size,
-                       reduce=reduce, modalities=modalities, labeled=labeled, epoch_batches=epoch_batches,
-                       seed=seed, shuffle=shuffle, epoch=epoch)
+                       reduce=reduce, area=tuple(area), modalities=modalities, labeled=labeled,
+                       epoch_batches=epoch_batches, seed=seed, shuffle=shuffle, epoch=epoch)
 
 
 # -- evaluation --------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch):
     """One epoch of (labeled, unlabeled) batch pairs; unlabeled is None for the supervised method.
     The streams' draws depend on (seed, rank, worker, epoch) only, so a resumed run draws the same clips."""
     common = dict(batch_size=config.batch_size, clip_len=config.clip_len, interval=config.frame_interval,
-                  size=config.load_size, modalities=method.modalities, epoch_batches=steps, epoch=epoch)
+                  size=config.size, area=(config.crop_area, 1.0), modalities=method.modalities, epoch_batches=steps, epoch=epoch)
     labeled = data.loader(data.train_stream(labeled_urls, labeled=True, seed=2 * config.seed, **common), config.workers)
     if not method.uses_unlabeled:
         return ((batch, None) for batch in labeled)

@@ -1,7 +1,8 @@
 """The three training methods, each an nn.Module whose forward(labeled, unlabeled, ...) returns one step's loss.
 
 Putting the loss inside forward lets DistributedDataParallel see every parameter a step uses. Inference is the
-RGB network alone (`method.rgb`), for every method: LTG's TG network only teaches during training.
+RGB network alone (`method.rgb`), for every method: LTG's TG network only teaches during training. Clips arrive
+as the weak view already (the loader crops and flips them, tgtrain.clips); the strong view is drawn here.
 """
 
 import torch
@@ -25,8 +26,7 @@ class Supervised(nn.Module):
         self.rgb = VideoNet(num_classes, config.width, config.blocks, config.dropout, projection_dim=0)
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
-        rgb, _ = augment.weak(labeled["rgb"], None, self.config.size, generator, area=(self.config.crop_area, 1.0))
-        loss = F.cross_entropy(self.rgb(augment.normalize(rgb)).logits.float(), labeled["label"])
+        loss = F.cross_entropy(self.rgb(augment.normalize(labeled["rgb"])).logits.float(), labeled["label"])
         return loss, {"loss_sup": loss.detach()}
 
 
@@ -37,9 +37,10 @@ class FixMatch(Supervised):
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
         c, b = self.config, len(labeled["label"])
-        rgb_l, _ = augment.weak(labeled["rgb"], None, c.size, generator, area=(c.crop_area, 1.0))
-        rgb_w, _ = augment.weak(unlabeled["rgb"], None, c.size, generator, area=(c.crop_area, 1.0))
-        views = [rgb_l, rgb_w] + ([augment.strong(rgb_w, generator, c.strong_ops, c.strong_magnitude)] if use_unlabeled else [])
+        views = [labeled["rgb"], unlabeled["rgb"]]
+        if use_unlabeled:
+            views += augment.strong(unlabeled["rgb"], generator=generator, n_ops=c.strong_ops,
+                                    magnitude=c.strong_magnitude)
         logits = self.rgb(augment.normalize(torch.cat(views))).logits.float()
         sup = F.cross_entropy(logits[:b], labeled["label"])
         stats = {"loss_sup": sup.detach()}
@@ -70,12 +71,12 @@ class LTG(nn.Module):
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
         c, b = self.config, len(labeled["label"])
-        rgb_l, tg_l = augment.weak(labeled["rgb"], labeled["tg"], c.size, generator, area=(c.crop_area, 1.0))
-        rgb_w, tg_w = augment.weak(unlabeled["rgb"], unlabeled["tg"], c.size, generator, area=(c.crop_area, 1.0))
-        rgb_views, tg_views = [rgb_l, rgb_w], [tg_l, tg_w]
+        rgb_views, tg_views = [labeled["rgb"], unlabeled["rgb"]], [labeled["tg"], unlabeled["tg"]]
         if use_unlabeled:  # strong ops drawn independently for RGB and TG
-            rgb_views.append(augment.strong(rgb_w, generator, c.strong_ops, c.strong_magnitude))
-            tg_views.append(augment.strong(tg_w, generator, c.strong_ops, c.strong_magnitude))
+            rgb_s, tg_s = augment.strong(unlabeled["rgb"], unlabeled["tg"], generator=generator, n_ops=c.strong_ops,
+                                         magnitude=c.strong_magnitude)
+            rgb_views.append(rgb_s)
+            tg_views.append(tg_s)
         rgb = self.rgb(augment.normalize(torch.cat(rgb_views)))
         tg = self.tg(augment.normalize(torch.cat(tg_views)))
 
