@@ -215,7 +215,8 @@ def check(config: TrainConfig, where: str = "") -> None:
         bad(f"size {config.size} is larger than load_size {config.load_size}; crops come from the loaded square")
     for key in ("warmup_epochs", "supervised_epochs"):
         if getattr(config, key) > config.epochs:
-            bad(f"{key} {getattr(config, key)} is more than epochs {config.epochs}")
+            bad(f"{key} {getattr(config, key)} is more than epochs {config.epochs}; "
+                f"set both, e.g. --set {key}={config.epochs // 6}")
 
 
 def backbone_parameters(width: int, blocks) -> int:
