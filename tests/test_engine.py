@@ -7,6 +7,7 @@ import shutil
 import socket
 import tarfile
 import time
+import warnings
 from dataclasses import replace
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +27,7 @@ from tgprep.config import BuildConfig
 from tgprep.video import encode_video
 from tgtrain.cli import main
 from tgtrain.config import make_config, to_toml
-from tgtrain.engine import StepStats, learning_rate, train, train_step
+from tgtrain.engine import StepStats, learning_rate, to_device, train, train_step
 from tgtrain.methods import build_method
 
 CLASSES = ["jump", "run", "wave"]
@@ -243,36 +244,40 @@ class ReadsBack(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def micro_batches(device, generator):
+def prepared_step(device, autocast):
+    """One LTG step after the supervised warm-up as the loop runs it (train_step, then the statistics' sums), on
+    micro batches already on the device; everything else made beforehand."""
     config = micro(Path("."), Path("."))
+    generator = torch.Generator().manual_seed(0)
     shape = (config.batch_size, config.clip_len, config.load_size, config.load_size, 3)
-    def one():
+
+    def batch():
         label = torch.randint(3, (config.batch_size,), generator=generator)
-        batch = {"rgb": torch.randint(256, shape, dtype=torch.uint8, generator=generator),
-                 "tg": torch.randint(256, shape, dtype=torch.uint8, generator=generator), "label": label,
-                 "true_label": label}
-        return {k: v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v for k, v in batch.items()}
-    return config, one(), one()
+        values = {"rgb": torch.randint(256, shape, dtype=torch.uint8, generator=generator),
+                  "tg": torch.randint(256, shape, dtype=torch.uint8, generator=generator), "label": label,
+                  "true_label": label}
+        return {k: v.pin_memory() if device.type == "cuda" else v for k, v in values.items()}
 
-
-def one_step(device, autocast, generator):
-    config, labeled, unlabeled = micro_batches(device, generator)
+    labeled, unlabeled = to_device(batch(), device), to_device(batch(), device)
     method = build_method(config, 3).to(device)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     stats = StepStats()
-    for _ in range(2):  # the second step: nothing left to set up
+
+    def step():
         stats.add(train_step(method, optimizer, labeled, unlabeled, True, generator, autocast, config.clip_grad))
-    return stats
+        return stats
+    return step
 
 
 def test_a_training_step_reads_no_value_back():
-    """The whole LTG step after the supervised warm-up (weak and strong views, both networks, all losses,
-    backward, clipping, SGD, the statistics' sums): no value of a tensor is read into Python."""
-    generator = torch.Generator().manual_seed(0)
+    """The whole LTG step (weak and strong views, both networks, all losses, backward, clipping, SGD, the sums of
+    its statistics): no value of a tensor is read into Python, so on CUDA nothing makes the host wait."""
+    step = prepared_step(torch.device("cpu"), nullcontext())
+    step()  # the first step sets up the optimizer's state
     with ReadsBack() as reads:
-        stats = one_step(torch.device("cpu"), nullcontext(), generator)
+        stats = step()
     assert reads.count == 0
-    means = stats.means()  # read once, at the end
+    means = stats.means()  # read once, when shown or logged
     assert {"loss", "loss_sup", "loss_align", "loss_contrast", "loss_unsup", "mask_rate"} <= means.keys()
     assert all(isinstance(v, float) for v in means.values())
 
@@ -280,17 +285,18 @@ def test_a_training_step_reads_no_value_back():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_training_step_makes_no_host_sync():
     """Under torch.cuda.set_sync_debug_mode every synchronising call (a value read, a blocking copy) warns."""
-    generator = torch.Generator().manual_seed(0)
-    one_step(torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16), generator)  # warm-up: cuDNN, caches
+    step = prepared_step(torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16))
+    step()  # cuDNN's algorithm search, the optimizer's state
     torch.cuda.synchronize()
-    with pytest.warns() as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            one_step(torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16), generator)
+            step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        warnings_seen = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
-        assert not warnings_seen, warnings_seen[:3]
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, f"{len(syncs)} host syncs in one step, the first: {syncs[:1]}"
 
 
 def test_learning_rate_is_the_reference_cosine_with_linear_warm_up():

@@ -8,6 +8,7 @@ written at the end of every epoch, so `--resume` continues exactly where an unin
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from tgprep.errors import UserError
 from tgtrain import data, precise_bn
 from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
-from tgtrain.config import TrainConfig, to_toml
+from tgtrain.config import PRESETS, TrainConfig, to_toml
 from tgtrain.curves import plot_curves
 from tgtrain.evaluate import evaluate, format_report, write_predictions
 from tgtrain.methods import build_method
@@ -37,6 +38,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     out, root = Path(config.out), Path(config.data)
     dataset = read_dataset(root)
     classes = dataset["classes"]
+    built_from = dataset.get("config", {}).get("dataset")
+    if rank == 0 and built_from in PRESETS and config.preset not in (built_from, "tiny"):
+        print(f"warning: {root} is a {built_from} build, trained with the {config.preset} preset's recipe; "
+              f"--preset {built_from} gives {built_from}'s", file=sys.stderr)
     labeled_urls, pool_urls = data.shard_urls(root, "labeled"), pool_shards(root, dataset)
     val_urls = data.shard_urls(root, "val")
 
