@@ -8,8 +8,8 @@ Run from the project root:
    every loss, backward, clipping, SGD) at the preset's batch per GPU, on random uint8 batches already on the
    device (bench/train_step.py's): clips/s after --warmup steps (cuDNN picks its algorithms), and peak memory.
 2. Loader: exactly what `tgtrain run` feeds a GPU, tgtrain.engine.epoch_batches (a labeled and an unlabeled
-   stream, each with --workers processes), over shards that tgprep builds here from synthetic videos at a real
-   frame size (320x240 by default, kept at that size as the paper keeps HMDB-51 and UCF-101): clips/s for each
+   stream, each with --workers processes), over shards that tgprep builds here from ffmpeg-made videos at real
+   frame sizes (320x240 and 340x256, kept at that size as the paper keeps HMDB-51 and UCF-101): clips/s for each
    worker count, timed after every worker has delivered once.
 3. Fed: the step fed by that loader, at the smallest worker count whose loader kept up (or the largest tried).
 The verdict: the GPU is starved when the loader's clips/s is below the step's; it is fed from the smallest worker
@@ -20,12 +20,15 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import imageio_ffmpeg
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/prep.py and bench/train_step.py, as modules
@@ -34,7 +37,6 @@ from train_step import synthetic_batch  # noqa: E402
 
 from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402
-from tgprep.synth import SynthConfig, generate  # noqa: E402
 from tgtrain import data  # noqa: E402
 from tgtrain.config import make_config  # noqa: E402
 from tgtrain.engine import StepStats, device_and_autocast, epoch_batches, pool_shards, to_device, train_step  # noqa: E402
@@ -43,11 +45,21 @@ from tgtrain.methods import LTG, build_method  # noqa: E402
 CLASSES = 51  # HMDB-51's
 
 
-def make_shards(work: Path, videos: int, frames: int, width: int, height: int) -> Path:
-    """Synthetic videos at a real frame size, built into shards at native size; half of them labeled."""
-    generate(work / "videos", SynthConfig(classes=4, videos_per_class=max(2, videos // 4), frames=frames,
-                                          width=width, height=height))
-    build(BuildConfig(dataset="synthetic", root=str(work / "videos"), out=str(work / "shards"), ratio=0.5,
+def make_shards(work: Path, videos: int, frames: int, sizes: list[str]) -> Path:
+    """MPEG-4 videos at real frame sizes (ffmpeg's moving test pattern with fresh noise, so frames do not compress
+    better than camera footage), 4 class folders, built into shards at native size; half the pool labeled."""
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+
+    def encode(i: int) -> None:
+        folder = work / "videos" / f"class{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pattern = f"testsrc2=size={sizes[i % len(sizes)]}:rate=25,noise=alls=6:allf=t+u:all_seed={i}"
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", pattern, "-frames:v", str(frames),
+                        "-c:v", "mpeg4", "-q:v", "3", str(folder / f"v{i}.avi")], check=True)
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(encode, range(videos)))
+    build(BuildConfig(dataset="folder", root=str(work / "videos"), out=str(work / "shards"), ratio=0.5,
                       short_side=0, videos_per_shard=8))
     return work / "shards"
 
@@ -124,7 +136,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,4,8,16", help="worker counts per stream to time the loader at")
     parser.add_argument("--videos", type=int, default=96, help="synthetic videos to build shards of")
     parser.add_argument("--frames", type=int, default=90, help="frames per video")
-    parser.add_argument("--video-size", default="320x240", help="WIDTHxHEIGHT of the videos (even numbers)")
+    parser.add_argument("--video-sizes", default="320x240,340x256", help="WIDTHxHEIGHT of the videos, in turn")
     parser.add_argument("--steps", type=int, default=30, help="timed steps (step and fed)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--batches-per-worker", type=int, default=20, help="timed loader batches per worker")
@@ -135,7 +147,6 @@ def main() -> None:
     device, autocast = device_and_autocast(args.device)
     config = make_config(args.preset, method="ltg", device=args.device, batch_size=args.batch)
     workers = [int(w) for w in args.workers.split(",")]
-    width, height = (int(v) for v in args.video_size.split("x"))
 
     torch.manual_seed(0)
     method = build_method(config, CLASSES).to(device).train()
@@ -144,7 +155,7 @@ def main() -> None:
           f"{' bf16' if device.type == 'cuda' else ''}): {step['clips_s']:.1f} clips/s, peak {step['peak_mib']:.0f} MiB",
           flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        root = make_shards(args.work or Path(scratch), args.videos, args.frames, width, height)
+        root = make_shards(args.work or Path(scratch), args.videos, args.frames, args.video_sizes.split(","))
         loader = {}
         for w in workers:
             loader[w] = loader_speed(config, root, w, args.batches_per_worker)
@@ -154,7 +165,7 @@ def main() -> None:
     result = {"command": ["python", "bench/gpu.py", *sys.argv[1:]], "machine": prep.machine(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "preset": config.preset, "batch": config.batch_size, "crop": config.size, "load_size": config.load_size,
-              "video_size": args.video_size, "step": step, "loader_clips_s": loader, "fed_workers": chosen,
+              "video_sizes": args.video_sizes, "step": step, "loader_clips_s": loader, "fed_workers": chosen,
               "fed_clips_s": fed, "verdict": verdict(step["clips_s"], loader),
               "seconds": time.perf_counter() - started, "threads": torch.get_num_threads()}
     print(f"\nmachine: {result['device']}; " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()))
@@ -162,7 +173,7 @@ def main() -> None:
     print(f"| step alone ({config.batch_size} + {config.batch_size}, peak {step['peak_mib']:.0f} MiB "
           f"{step['memory']}) | {step['clips_s']:.1f} |")
     for w, clips_s in loader.items():
-        print(f"| loader, {w} workers per stream ({2 * w} processes), {args.video_size} shards | {clips_s:.1f} |")
+        print(f"| loader, {w} workers per stream ({2 * w} processes), {args.video_sizes} shards | {clips_s:.1f} |")
     print(f"| step fed by the loader at {chosen} workers per stream | {fed:.1f} |")
     print(f"verdict: {result['verdict']}; {result['seconds']:.0f} s in all")
     args.json.write_text(json.dumps(result, indent=1) + "\n")
