@@ -39,7 +39,8 @@ from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402
 from tgtrain import data  # noqa: E402
 from tgtrain.config import make_config  # noqa: E402
-from tgtrain.engine import StepStats, device_and_autocast, epoch_batches, pool_shards, to_device, train_step  # noqa: E402
+from tgtrain.engine import (StepStats, device_and_autocast, epoch_batches, pool_shards, to_device,  # noqa: E402
+                            train_step)
 from tgtrain.methods import LTG, build_method  # noqa: E402
 
 CLASSES = 51  # HMDB-51's
@@ -68,7 +69,8 @@ def step_speed(method, config, device, autocast, steps: int, warmup: int) -> dic
     """clips/s of train_step on device-resident batches, and the peak memory."""
     generator = torch.Generator().manual_seed(0)
     labeled, unlabeled = (to_device(synthetic_batch(config, config.batch_size, generator), device) for _ in range(2))
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
     stats = StepStats()
     for i in range(warmup + steps):
         if i == warmup:
@@ -151,9 +153,9 @@ def main() -> None:
     torch.manual_seed(0)
     method = build_method(config, CLASSES).to(device).train()
     step = step_speed(method, config, device, autocast, args.steps, args.warmup)
-    print(f"step ({config.preset}, LTG, {config.batch_size} + {config.batch_size} clips, {device.type}"
-          f"{' bf16' if device.type == 'cuda' else ''}): {step['clips_s']:.1f} clips/s, peak {step['peak_mib']:.0f} MiB",
-          flush=True)
+    precision = " bf16" if device.type == "cuda" else ""
+    print(f"step ({config.preset}, LTG, {config.batch_size} + {config.batch_size} clips, {device.type}{precision}): "
+          f"{step['clips_s']:.1f} clips/s, peak {step['peak_mib']:.0f} MiB", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         root = make_shards(args.work or Path(scratch), args.videos, args.frames, args.video_sizes.split(","))
         loader = {}

@@ -1,7 +1,7 @@
 """Training speed: clips/s and peak memory of one optimisation step of each method and preset, on synthetic batches.
 
-Run from the project root: python bench/train_step.py [--steps 4] [--hmdb51-steps 1] [--hmdb51-cpu-batch 2] [--repeats 3]
-[--json PATH]
+Run from the project root: python bench/train_step.py [--steps 4] [--hmdb51-steps 1] [--hmdb51-cpu-batch 2]
+[--repeats 3] [--json PATH]
 
 One step is what tgtrain.engine runs per batch: the method's forward (weak augmentation, and for fixmatch and ltg
 the strong views of the unlabeled clips too: the step after the supervised warm-up, the dearer one), backward,

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_runs_on_the_cpu(tmp_path):
     command = [sys.executable, "bench/gpu.py", "--device", "cpu", "--preset", "tiny", "--batch", "2", "--videos", "8",
-               "--frames", "20", "--video-sizes", "171x128,160x120", "--workers", "1,2", "--steps", "1", "--warmup", "1",
-               "--batches-per-worker", "2", "--json", str(tmp_path / "gpu.json")]
+               "--frames", "20", "--video-sizes", "171x128,160x120", "--workers", "1,2", "--steps", "1",
+               "--warmup", "1", "--batches-per-worker", "2", "--json", str(tmp_path / "gpu.json")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

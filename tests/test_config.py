@@ -121,7 +121,8 @@ def test_a_checkpoint_asking_for_an_absurd_model_is_one_line_before_any_model(tm
                       config={**asdict(make_config("tiny")), **change})
     torch.save(checkpoint, tmp_path / "best.pt")
     more = ["--out", tmp_path / "p.h5"] if command == "predict" else []
-    assert_one_line_error(tgtrain(command, "--ckpt", tmp_path / "best.pt", "--data", tmp_path, *more), "best.pt", *words)
+    result = tgtrain(command, "--ckpt", tmp_path / "best.pt", "--data", tmp_path, *more)
+    assert_one_line_error(result, "best.pt", *words)
 
 
 def test_to_toml_escapes_text_as_toml():

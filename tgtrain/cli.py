@@ -67,7 +67,8 @@ def recipe_options(command):
 @click.option("--out", help="Run folder [default: runs/latest].")
 @click.option("--method", type=click.Choice(METHODS), help="ltg (the paper), fixmatch or supervised [default: ltg].")
 @recipe_options
-@click.option("--epochs", type=int)
+@click.option("--epochs", type=int, help="Total epochs; the warm-up and supervised epochs stay the preset's "
+              "(--set warmup_epochs=N --set supervised_epochs=N).")
 @click.option("--batch-size", type=int, help="Labeled clips per step per process (the unlabeled batch is as large).")
 @click.option("--lr", type=float, help="Learning rate for lr_clips clips per step, scaled to the real batch.")
 @click.option("--workers", type=int, help="Data-loading processes per training process.")

@@ -82,7 +82,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             labeled, unlabeled = to_device(labeled, device), to_device(unlabeled, device)
-            sums.add(train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast, config.clip_grad))
+            sums.add(train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast,
+                                config.clip_grad))
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
                 bar.set_postfix_str(f"loss {sums.latest('loss'):.3f} lr {lr:.4f} "
                                     f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s")
@@ -91,7 +92,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                   "clips_per_s": clips_per_step * steps / (time.perf_counter() - tick)}
         precise_bn.average_across_ranks(method)
         validating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
-        state["precise_bn"] = config.precise_bn_batches > 0 and (validating or (epoch + 1) % config.precise_bn_every == 0)
+        due = validating or (epoch + 1) % config.precise_bn_every == 0
+        state["precise_bn"] = config.precise_bn_batches > 0 and due  # recorded in the checkpoint
         if state["precise_bn"]:
             recompute_bn(networks(method), config, pool_urls, device, autocast, epoch)
         if validating:
