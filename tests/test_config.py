@@ -102,8 +102,9 @@ def test_bad_values_in_a_file_and_on_run_are_one_line(tmp_path):
     file = tmp_path / "bad.toml"
     file.write_text('epochs = "many"\n')
     assert_one_line_error(tgtrain("config", "--config", file), "bad.toml", "epochs", "whole number")
-    file.write_text("epochs = [\n")
-    assert_one_line_error(tgtrain("config", "--config", file), "bad.toml", "cannot read")
+    for text in ("epochs = [\n", "blocks = " + "[" * 10**5 + "]" * 10**5, "x" * (2 << 20)):
+        file.write_text(text)
+        assert_one_line_error(tgtrain("config", "--config", file), "bad.toml", "cannot read")
     assert_one_line_error(tgtrain("run", "--data", tmp_path, "--set", "eval_every=0"), "eval_every 0")
 
 

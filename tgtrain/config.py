@@ -137,11 +137,19 @@ def make_config(preset: str | None = None, file: str | None = None, settings=(),
     return config
 
 
+MAX_FILE = 1 << 20  # bytes; a whole config is about 1 KB
+
+
 def read_toml(path: Path) -> dict:
     try:
-        values = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"{path}: cannot read the config ({e}); `tgtrain config` prints one to start from") from None
+        with open(path, "rb") as f:
+            text = f.read(MAX_FILE + 1)
+        if len(text) > MAX_FILE:
+            raise ValueError(f"more than {MAX_FILE} bytes: not a config")
+        values = tomllib.loads(text.decode())
+    except (OSError, ValueError, RecursionError) as e:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: cannot read the config ({str(e)[:200]}); `tgtrain config` prints one to start "
+                        "from") from None
     return config_values(values, f"{path}: ")
 
 
@@ -159,7 +167,7 @@ def parse_setting(text: str) -> tuple[str, object]:
     """`key=value` from the command line: the value written as in TOML (quotes optional for text, brackets
     optional for a list), typed from the field."""
     key, sep, raw = text.partition("=")
-    key, raw, where = key.strip(), raw.strip(), f"--set {text}"
+    key, raw, where = key.strip(), raw.strip(), f"--set {text[:80]}"
     if not sep:
         raise UserError(f"{where}: write a setting as key=value, such as --set epochs=180")
     if key not in FIELD_TYPES:
@@ -171,7 +179,7 @@ def parse_setting(text: str) -> tuple[str, object]:
         raw = f"[{raw}]"
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         raise UserError(f"{where}: {raw!r} is not {describe(kind)}") from None
     return key, typed(key, value, where)
 
