@@ -56,8 +56,14 @@ def load_checkpoint(path: Path, method, optimizer) -> dict:
     checkpoint = read_checkpoint(path)
     checkpoint_config(checkpoint, path)
     load_weights(method, checkpoint, path)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    return {k: checkpoint[k] for k in ("epoch", "best", "best_epoch")}
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: its optimizer state does not fit this model ({str(e)[:100]})") from None
+    state = {k: checkpoint[k] for k in ("epoch", "best", "best_epoch")}
+    if not (type(state["epoch"]) is int and type(state["best_epoch"]) is int and type(state["best"]) is float):
+        raise UserError(f"{path}: its epoch, best or best_epoch is not a number; give the last.pt of a tgtrain run")
+    return state
 
 
 def load_weights(module, checkpoint: dict, path: Path) -> None:
