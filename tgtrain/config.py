@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from tgprep.errors import UserError
+from tgtrain.augment import OPS
 
 METHODS = ("supervised", "fixmatch", "ltg")
 DEVICES = ("auto", "cpu", "cuda")
@@ -110,7 +111,7 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 4096), "lr": (0, 100), "lr_clips": (1, 1_000_000),
     "momentum": (0, 0.999), "weight_decay": (0, 1), "clip_grad": (0, 1e9), "warmup_start": (0, 1),
     "threshold": (0, 1), "fixmatch_threshold": (0, 1), "temperature": (0, 100), "weight_sup": (0, 1000),
-    "weight_unsup": (0, 1000), "weight_align": (0, 1000), "weight_contrast": (0, 1000), "strong_ops": (0, 14),
+    "weight_unsup": (0, 1000), "weight_align": (0, 1000), "weight_contrast": (0, 1000), "strong_ops": (0, len(OPS)),
     "strong_magnitude": (0, 1), "precise_bn_batches": (0, 100_000), "precise_bn_every": (1, 100_000),
     "eval_every": (1, 100_000), "test_clips": (1, 100), "test_crops": (1, 3), "warmup_epochs": (0, 100_000),
     "supervised_epochs": (0, 100_000),
