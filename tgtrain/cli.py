@@ -106,7 +106,8 @@ def checkpoint_options(command):
         click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="A tgtrain checkpoint (best.pt)."),
         click.option("--data", required=True, type=click.Path(path_type=Path), help="A `tgprep build` output folder."),
         click.option("--clips", type=int, help="Uniform clips per video [default: the run's test_clips, 10]."),
-        click.option("--crops", type=click.Choice(["1", "3"]), help="Crops per clip [default: the run's test_crops, 3]."),
+        click.option("--crops", type=click.Choice(["1", "3"]),
+                     help="Squares per clip along the long side [default: the run's test_crops, 3]."),
         click.option("--batch-size", default=4, show_default=True, help="Videos per batch."),
         click.option("--workers", default=2, show_default=True),
         click.option("--device", default="auto", type=click.Choice(DEVICES), show_default=True),
@@ -118,7 +119,11 @@ def checkpoint_options(command):
 @main.command(name="eval")
 @checkpoint_options
 def eval_command(**options):
-    """RGB-only accuracy on the val shards: top-1, top-5 and a per-class table."""
+    """RGB-only accuracy on the val shards: top-1, top-5 and a per-class table.
+
+    Views as the run's test_views (full loaded squares, or their centre crops at the training size); a checkpoint
+    saved without PreciseBN gets it first, on the data's training pool.
+    """
     click.echo(engine.evaluate_checkpoint(**options))
 
 
