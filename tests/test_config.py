@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tgtrain.checkpoint import KEYS
 from tgtrain.cli import main
-from tgtrain.config import PRESETS, RECIPE, TrainConfig, make_config, to_toml
+from tgtrain.config import PRESETS, RECIPE, TrainConfig, make_config, stored_config, to_toml
 
 
 def tgtrain(*args):
@@ -124,6 +124,14 @@ def test_a_checkpoint_asking_for_an_absurd_model_is_one_line_before_any_model(tm
     more = ["--out", tmp_path / "p.h5"] if command == "predict" else []
     result = tgtrain(command, "--ckpt", tmp_path / "best.pt", "--data", tmp_path, *more)
     assert_one_line_error(result, "best.pt", *words)
+
+
+def test_a_stored_config_without_the_newer_fields_takes_them_from_its_own_preset():
+    """A checkpoint written before a field existed (here test_views and PreciseBN's) gets its preset's values."""
+    old = {k: v for k, v in asdict(make_config("tiny", epochs=30)).items()
+           if k not in ("test_views", "precise_bn_batches")}
+    assert stored_config(old, "") == make_config("tiny", epochs=30)
+    assert stored_config({**old, "preset": "r3d18"}, "").test_views == "full"  # hmdb51's earlier name
 
 
 def test_to_toml_escapes_text_as_toml():

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from tgprep.errors import UserError
-from tgtrain.config import TrainConfig, check, config_values
+from tgtrain.config import TrainConfig, stored_config
 
 
 KEYS = ("model", "optimizer", "config", "classes", "epoch", "best", "best_epoch")  # what save_checkpoint writes
@@ -43,9 +43,7 @@ def read_checkpoint(path: Path) -> dict:
 def checkpoint_config(checkpoint: dict, path: Path) -> TrainConfig:
     """The run's config stored in a checkpoint, typed and range-checked exactly as a --config file, before any
     model is built from it (a stranger's checkpoint could ask for a network of any size)."""
-    where = f"{path}: its stored config: "
-    config = TrainConfig(**config_values(checkpoint["config"], where))
-    check(config, where)
+    config = stored_config(checkpoint["config"], f"{path}: its stored config: ")
     if not isinstance(checkpoint["classes"], list) or not all(isinstance(c, str) for c in checkpoint["classes"]):
         raise UserError(f"{path}: its classes are not a list of names; give the last.pt or best.pt of a tgtrain run")
     return config

@@ -126,16 +126,28 @@ def make_config(preset: str | None = None, file: str | None = None, settings=(),
     """Defaults, the preset, a TOML file, `key=value` settings, then flags (None means "not given"). Without a
     preset, the file's `preset` names it, else hmdb51."""
     values = read_toml(Path(file)) if file else {}
-    preset = preset or values.get("preset") or "hmdb51"
-    if preset not in CHOICES["preset"]:
-        raise UserError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
-    preset = ALIASES.get(preset, preset)
-    config = replace(TrainConfig(), **PRESETS[preset])
-    config = replace(config, **{**values, "preset": preset})
+    config = preset_config(preset or values.get("preset") or "hmdb51", values, f"{file}: " if file else "")
     config = replace(config, **dict(parse_setting(s) for s in settings))
     config = replace(config, **{k: typed(k, v, f"--{k.replace('_', '-')}") for k, v in flags.items() if v is not None})
     check(config)
     return config
+
+
+def stored_config(values, where: str) -> TrainConfig:
+    """A config stored as a mapping (a checkpoint's): typed and checked as a file's; fields it lacks (it may
+    predate them) come from its own preset."""
+    values = config_values(values, where)
+    config = preset_config(values.get("preset", "hmdb51"), values, where)
+    check(config, where)
+    return config
+
+
+def preset_config(preset: str, values: dict, where: str) -> TrainConfig:
+    """The preset's settings (an alias resolved) with the typed field values over them."""
+    if preset not in CHOICES["preset"]:
+        raise UserError(f"{where}preset {str(preset)[:40]!r}: unknown; choose one of {', '.join(PRESETS)}")
+    preset = ALIASES.get(preset, preset)
+    return replace(TrainConfig(), **{**PRESETS[preset], **values, "preset": preset})
 
 
 MAX_FILE = 1 << 20  # bytes; a whole config is about 1 KB
