@@ -1,7 +1,7 @@
 """Training speed: clips/s and peak memory of one optimisation step of each method and preset, on synthetic batches.
 
-Run from the project root: python bench/train_step.py [--steps 4] [--r3d18-steps 1] [--r3d18-cpu-batch 2] [--repeats 3]
-[--json PATH]
+Run from the project root: python bench/train_step.py [--steps 4] [--hmdb51-steps 1] [--hmdb51-cpu-batch 2]
+[--repeats 3] [--json PATH]
 
 One step is what tgtrain.engine runs per batch: the method's forward (for fixmatch and ltg the strong views of the
 unlabeled clips too: the step after the supervised warm-up, the dearer one), backward, clip_grad_norm_ and SGD. The
@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/prep.py, imported as a module
 import prep  # noqa: E402
 
-from tgtrain.config import METHODS, PRESETS, make_config  # noqa: E402
+from tgtrain.config import METHODS, make_config  # noqa: E402
 from tgtrain.engine import device_and_autocast  # noqa: E402
 from tgtrain.methods import build_method  # noqa: E402
 
 CLASSES = 51  # HMDB-51's
+PRESETS = ("hmdb51", "tiny")  # R3D-18 (ucf101 and kinetics400 run the same step) and the CPU network
 
 
 def synthetic_batch(config, batch_size: int, generator) -> dict:
@@ -94,14 +95,14 @@ def in_subprocess(method: str, preset: str, device: str, batch: int, steps: int)
 
 def cases(args) -> list[tuple]:
     """(method, preset, device, batch, steps): every method and preset on the CPU, and on CUDA where present.
-    The CPU runs r3d18 at a small batch (a full one takes minutes per step); CUDA at the preset's own."""
+    The CPU runs hmdb51 at a small batch (a full one takes minutes per step); CUDA at the preset's own."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
     out = []
     for device in devices:
         for preset in PRESETS:
-            big = preset == "r3d18"
-            batch = args.r3d18_cpu_batch if big and device == "cpu" else make_config(preset).batch_size
-            steps = args.r3d18_steps if big and device == "cpu" else args.steps
+            big = preset != "tiny"
+            batch = args.hmdb51_cpu_batch if big and device == "cpu" else make_config(preset).batch_size
+            steps = args.hmdb51_steps if big and device == "cpu" else args.steps
             out += [(method, preset, device, batch, steps) for method in METHODS]
     return out
 
@@ -130,9 +131,9 @@ def report(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps after the warm-up (tiny; r3d18 on CUDA)")
-    parser.add_argument("--r3d18-steps", type=int, default=1, help="timed steps of r3d18 on the CPU")
-    parser.add_argument("--r3d18-cpu-batch", type=int, default=2, help="labeled clips per step of r3d18 on the CPU")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps after the warm-up (tiny; hmdb51 on CUDA)")
+    parser.add_argument("--hmdb51-steps", type=int, default=1, help="timed steps of hmdb51 on the CPU")
+    parser.add_argument("--hmdb51-cpu-batch", type=int, default=2, help="labeled clips per step of hmdb51 on the CPU")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all cases; speeds are medians over them")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even where present")
     parser.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "tgprep-bench-train-step.json",

@@ -1,20 +1,25 @@
 """tgtrain's loop and commands on real shards with a micro model: DDP, resume, the run folder, eval, bad input."""
 
 import json
+import math
 import os
 import shutil
 import socket
 import tarfile
 import time
+import warnings
 from dataclasses import replace
+from contextlib import nullcontext
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.test_build import moving_bar
 from tgprep.build import build
@@ -22,7 +27,8 @@ from tgprep.config import BuildConfig
 from tgprep.video import encode_video
 from tgtrain.cli import main
 from tgtrain.config import make_config, to_toml
-from tgtrain.engine import train
+from tgtrain.engine import StepStats, learning_rate, to_device, train, train_step
+from tgtrain.methods import build_method
 
 CLASSES = ["jump", "run", "wave"]
 # A model of a few thousand parameters on 16x16 clips of 4 frames: an epoch takes well under a second.
@@ -185,6 +191,126 @@ def test_predict_writes_scores_and_features_of_every_val_video(ltg_run, shards, 
     assert features.shape == (6, 8 * MICRO["width"])  # the last stage is 8x the first
 
 
+def with_config(ckpt: Path, folder: Path, **changes) -> Path:
+    """A copy of a checkpoint whose stored config (or other entries, such as precise_bn) is changed."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    config = {**checkpoint["config"], **{k: v for k, v in changes.items() if k in checkpoint["config"]}}
+    checkpoint.update({k: v for k, v in changes.items() if k not in config}, config=config)
+    folder.mkdir(exist_ok=True)
+    torch.save(checkpoint, folder / ckpt.name)
+    return folder / ckpt.name
+
+
+@pytest.fixture
+def network_inputs():
+    """The shapes of every clip batch an R3D backbone is given while the test runs (in this process)."""
+    shapes = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: shapes.append(tuple(args[0].shape)) if type(module).__name__ == "R3D" else None)
+    yield shapes
+    hook.remove()
+
+
+def test_eval_views_follow_test_views_and_missing_precise_bn_is_done_first(ltg_run, shards, tmp_path, network_inputs):
+    """"full": the whole loaded squares (24 px here), "center": centre crops at the training size (16). A checkpoint
+    saved without PreciseBN gets it on the data's training pool first (its batches: clips of the size too)."""
+    args = ["--data", shards, "--clips", 1, "--crops", 3, "--workers", 0, "--out", tmp_path / "p.h5"]
+    scores = {}
+    for views, precise in (("full", True), ("center", True), ("center", False)):
+        ckpt = with_config(ltg_run / "best.pt", tmp_path / f"{views}{precise}", load_size=24, test_views=views,
+                           precise_bn_batches=2, precise_bn=precise)
+        network_inputs.clear()
+        assert tgtrain("predict", "--ckpt", ckpt, *args).exit_code == 0
+        side = 24 if views == "full" else 16
+        precise_bn_shapes = [] if precise else [(4, 3, 4, 16, 16)] * 2
+        assert network_inputs == precise_bn_shapes + [(4 * 3, 3, 4, side, side), (2 * 3, 3, 4, side, side)]
+        with h5py.File(tmp_path / "p.h5") as h5:
+            scores[views, precise] = h5["scores"][:]
+    assert not np.allclose(scores["center", True], scores["center", False])  # other BN statistics
+
+
+# -- one training step: nothing read back from the device ------------------------------------------------------
+
+class ReadsBack(TorchDispatchMode):
+    """Counts the reads of a tensor's value into Python (.item(), float(t), bool(t), int(t)): on CUDA each one
+    makes the host wait for the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def prepared_step(device, autocast):
+    """One LTG step after the supervised warm-up as the loop runs it (train_step, then the statistics' sums), on
+    micro batches already on the device; everything else made beforehand."""
+    config = micro(Path("."), Path("."))
+    generator = torch.Generator().manual_seed(0)
+    shape = (config.batch_size, config.clip_len, config.load_size, config.load_size, 3)
+
+    def batch():
+        label = torch.randint(3, (config.batch_size,), generator=generator)
+        values = {"rgb": torch.randint(256, shape, dtype=torch.uint8, generator=generator),
+                  "tg": torch.randint(256, shape, dtype=torch.uint8, generator=generator), "label": label,
+                  "true_label": label}
+        return {k: v.pin_memory() if device.type == "cuda" else v for k, v in values.items()}
+
+    labeled, unlabeled = to_device(batch(), device), to_device(batch(), device)
+    method = build_method(config, 3).to(device)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    stats = StepStats()
+
+    def step():
+        stats.add(train_step(method, optimizer, labeled, unlabeled, True, generator, autocast, config.clip_grad))
+        return stats
+    return step
+
+
+def test_a_training_step_reads_no_value_back():
+    """The whole LTG step (weak and strong views, both networks, all losses, backward, clipping, SGD, the sums of
+    its statistics): no value of a tensor is read into Python, so on CUDA nothing makes the host wait."""
+    step = prepared_step(torch.device("cpu"), nullcontext())
+    step()  # the first step sets up the optimizer's state
+    with ReadsBack() as reads:
+        stats = step()
+    assert reads.count == 0
+    means = stats.means()  # read once, when shown or logged
+    assert {"loss", "loss_sup", "loss_align", "loss_contrast", "loss_unsup", "mask_rate"} <= means.keys()
+    assert all(isinstance(v, float) for v in means.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_training_step_makes_no_host_sync():
+    """Under torch.cuda.set_sync_debug_mode every synchronising call (a value read, a blocking copy) warns."""
+    step = prepared_step(torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16))
+    step()  # cuDNN's algorithm search, the optimizer's state
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, f"{len(syncs)} host syncs in one step, the first: {syncs[:1]}"
+
+
+def test_learning_rate_is_the_reference_cosine_with_linear_warm_up():
+    """MMAction2's CosineAnnealing (by epoch, min_lr 0) times its linear warm-up (warmup_ratio 0.1, by step)."""
+    config, steps, peak = make_config("hmdb51"), 10, 0.2
+    lr = [[learning_rate(e, s, steps, config, peak) for s in range(steps)] for e in range(config.epochs)]
+    assert lr[0][0] == pytest.approx(0.1 * peak)  # the warm-up starts at 0.1 x lr
+    assert lr[30][0] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 30 / 360)) * (0.1 + 0.9 * 300 / 600))
+    assert lr[60][0] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 60 / 360)))  # warm-up done
+    assert lr[60][0] == lr[60][9] > lr[61][0]  # after it, one value per epoch
+    assert lr[359][9] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 359 / 360))) and lr[359][9] < 1e-4
+    assert all(a < b for epoch in lr[:60] for a, b in zip(epoch, epoch[1:]))  # rising through each warm-up epoch
+
+
 # -- bad input: one line, exit code 2 ----------------------------------------------------------------------
 
 def copy_without(source: Path, folder: Path, pattern: str | None = None) -> Path:
@@ -244,6 +370,8 @@ def test_resume_of_a_run_of_another_model(ltg_run, shards, tmp_path):
     wider.write_text((out / "config.toml").read_text().replace("width = 4", "width = 8"))
     assert_one_line_error(tgtrain(*run_args(shards, out, "--resume", "--config", wider)), "last.pt", "does not fit")
     assert_one_line_error(tgtrain(*run_args(shards, tmp_path / "empty", "--resume")), "last.pt")
+    with_config(out / "last.pt", out, blocks=(10**7, 1, 1, 1))  # checked before its weights are loaded
+    assert_one_line_error(tgtrain(*run_args(shards, out, "--resume")), "last.pt", "its stored config", "blocks")
 
 
 def test_eval_with_a_checkpoint_of_other_classes(ltg_run, shards, tmp_path):

@@ -91,6 +91,15 @@ def test_info_nce_aligned_beats_random():
     assert np.mean(randoms) == pytest.approx(2 * math.log(8), rel=0.15)
 
 
+def test_info_nce_similarities_stay_fp32_under_bf16_autocast():
+    """Under autocast a @ b.T would run in bf16 (8 bits of mantissa): the loss must be the fp32 one, bit for bit."""
+    torch.manual_seed(0)
+    z_rgb, z_tg = torch.randn(64, 512), torch.randn(64, 512)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = info_nce(z_rgb, z_tg)
+    assert torch.equal(under_autocast, info_nce(z_rgb, z_tg))
+
+
 def test_gather_is_the_identity_without_distributed():
     z = torch.randn(3, 4)
     assert gather_with_grad(z) is z

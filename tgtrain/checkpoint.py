@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from tgprep.errors import UserError
+from tgtrain.config import TrainConfig, stored_config
 
 
 KEYS = ("model", "optimizer", "config", "classes", "epoch", "best", "best_epoch")  # what save_checkpoint writes
+# and "precise_bn": whether its BN statistics were recomputed just before it was saved (absent in older ones)
 
 
 def save_checkpoint(out: Path, method, optimizer, config, classes, state, best: bool) -> None:
@@ -38,12 +40,28 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def checkpoint_config(checkpoint: dict, path: Path) -> TrainConfig:
+    """The run's config stored in a checkpoint, typed and range-checked exactly as a --config file, before any
+    model is built from it (a stranger's checkpoint could ask for a network of any size)."""
+    config = stored_config(checkpoint["config"], f"{path}: its stored config: ")
+    if not isinstance(checkpoint["classes"], list) or not all(isinstance(c, str) for c in checkpoint["classes"]):
+        raise UserError(f"{path}: its classes are not a list of names; give the last.pt or best.pt of a tgtrain run")
+    return config
+
+
 def load_checkpoint(path: Path, method, optimizer) -> dict:
     """Restore a run's model and optimizer for --resume; returns its epoch and best-so-far."""
     checkpoint = read_checkpoint(path)
+    checkpoint_config(checkpoint, path)
     load_weights(method, checkpoint, path)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    return {k: checkpoint[k] for k in ("epoch", "best", "best_epoch")}
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: its optimizer state does not fit this model ({str(e)[:100]})") from None
+    state = {k: checkpoint[k] for k in ("epoch", "best", "best_epoch")}
+    if not (type(state["epoch"]) is int and type(state["best_epoch"]) is int and type(state["best"]) is float):
+        raise UserError(f"{path}: its epoch, best or best_epoch is not a number; give the last.pt of a tgtrain run")
+    return state
 
 
 def load_weights(module, checkpoint: dict, path: Path) -> None:

@@ -8,7 +8,7 @@ import click
 from tgprep.errors import OneLineErrors
 from tgprep.sample import SampleError
 from tgtrain import engine
-from tgtrain.config import METHODS, PRESETS, make_config
+from tgtrain.config import ALIASES, DEVICES, METHODS, PRESETS, make_config, to_toml
 
 
 class Cli(OneLineErrors):
@@ -37,33 +37,51 @@ def main():
     """Train action recognition from few labels with temporal gradients (and baselines) on tgprep shards.
 
     \b
-    tgtrain run --data shards/hmdb51-40 --method ltg --out runs/ltg     # train (torchrun for DDP)
+    tgtrain run --data shards/hmdb51-40 --preset hmdb51 --out runs/ltg  # train (torchrun for DDP)
+    tgtrain config --preset ucf101                                      # the settings a run would use
     tgtrain eval --ckpt runs/ltg/best.pt --data shards/hmdb51-40        # 10 clips x 3 crops, RGB only
     tgtrain predict --ckpt runs/ltg/best.pt --data shards/hmdb51-40 --out preds.h5
     """
+
+
+PRESET_HELP = ("The recipe to start from: hmdb51, ucf101, kinetics400 (the paper's R3D-18 settings for each; r3d18 is "
+               "hmdb51's earlier name) or tiny (a small network that trains on a CPU in minutes). "
+               "`tgtrain config --preset P` prints one whole. [default: the --config file's, else hmdb51]")
+
+
+def recipe_options(command):
+    """--preset, --config and --set: the same for `run` and `config`."""
+    for option in reversed([
+        click.option("--preset", type=click.Choice([*PRESETS, *ALIASES]), help=PRESET_HELP),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     help="TOML file of TrainConfig fields (a run's config.toml works), applied over the preset."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                     help="Any TrainConfig field, over the file; repeat it: --set epochs=180 --set blocks=1,1,1,1."),
+    ]):
+        command = option(command)
+    return command
 
 
 @main.command()
 @click.option("--data", required=True, help="A `tgprep build` output folder.")
 @click.option("--out", help="Run folder [default: runs/latest].")
 @click.option("--method", type=click.Choice(METHODS), help="ltg (the paper), fixmatch or supervised [default: ltg].")
-@click.option("--preset", default="r3d18", type=click.Choice(list(PRESETS)), show_default=True,
-              help="tiny trains on a CPU in minutes; r3d18 is the paper's model and settings.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file of TrainConfig fields (a run's config.toml works), applied over the preset.")
-@click.option("--epochs", type=int)
+@recipe_options
+@click.option("--epochs", type=int, help="Total epochs; the warm-up and supervised epochs stay the preset's "
+              "(--set warmup_epochs=N --set supervised_epochs=N).")
 @click.option("--batch-size", type=int, help="Labeled clips per step per process (the unlabeled batch is as large).")
-@click.option("--lr", type=float, help="Learning rate for 80 clips per step, scaled to the real batch.")
+@click.option("--lr", type=float, help="Learning rate for lr_clips clips per step, scaled to the real batch.")
 @click.option("--workers", type=int, help="Data-loading processes per training process.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", type=click.Choice(DEVICES))
 @click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-def run(preset, config_file, resume, **flags):
+def run(preset, config_file, settings, resume, **flags):
     """Train; under `torchrun --nproc-per-node N -m tgtrain run ...` with DDP.
 
-    Writes config.toml, metrics.jsonl, curves.png, last.pt and best.pt into --out.
+    Settings: defaults <- --preset <- --config <- --set <- the flags below. Writes config.toml, metrics.jsonl,
+    curves.png, last.pt and best.pt into --out.
     """
-    config = make_config(preset, config_file, **flags)
+    config = make_config(preset, config_file, settings, **flags)
     done = engine.train(config, resume=resume)
     if done["rank"] == 0:
         click.echo(f"{done['method']}: best val top-1 {done['best_top1']:.1f} % at epoch {done['best_epoch']} "
@@ -71,15 +89,28 @@ def run(preset, config_file, resume, **flags):
                    f"run folder {done['out']}")
 
 
+@main.command(name="config")
+@recipe_options
+def config_command(preset, config_file, settings):
+    """Print the resolved settings as TOML, ready for `tgtrain run --config FILE`.
+
+    \b
+    tgtrain config --preset ucf101 > ucf101.toml
+    tgtrain config --preset ucf101 --set epochs=100 --set warmup_epochs=20
+    """
+    click.echo(to_toml(make_config(preset, config_file, settings)), nl=False)
+
+
 def checkpoint_options(command):
     for option in reversed([
         click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="A tgtrain checkpoint (best.pt)."),
         click.option("--data", required=True, type=click.Path(path_type=Path), help="A `tgprep build` output folder."),
         click.option("--clips", type=int, help="Uniform clips per video [default: the run's test_clips, 10]."),
-        click.option("--crops", type=click.Choice(["1", "3"]), help="Crops per clip [default: the run's test_crops, 3]."),
+        click.option("--crops", type=click.Choice(["1", "3"]),
+                     help="Squares per clip along the long side [default: the run's test_crops, 3]."),
         click.option("--batch-size", default=4, show_default=True, help="Videos per batch."),
         click.option("--workers", default=2, show_default=True),
-        click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True),
+        click.option("--device", default="auto", type=click.Choice(DEVICES), show_default=True),
     ]):
         command = option(command)
     return command
@@ -88,7 +119,11 @@ def checkpoint_options(command):
 @main.command(name="eval")
 @checkpoint_options
 def eval_command(**options):
-    """RGB-only accuracy on the val shards: top-1, top-5 and a per-class table."""
+    """RGB-only accuracy on the val shards: top-1, top-5 and a per-class table.
+
+    Views as the run's test_views (full loaded squares, or their centre crops at the training size); a checkpoint
+    saved without PreciseBN gets it first, on the data's training pool.
+    """
     click.echo(engine.evaluate_checkpoint(**options))
 
 

@@ -8,6 +8,7 @@ written at the end of every epoch, so `--resume` continues exactly where an unin
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,12 +19,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tgprep.errors import UserError
-from tgtrain import data
-from tgtrain.checkpoint import load_checkpoint, load_weights, read_checkpoint, save_checkpoint
-from tgtrain.config import TrainConfig, to_toml
+from tgtrain import data, precise_bn
+from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
+from tgtrain.config import PRESETS, TrainConfig, to_toml
 from tgtrain.curves import plot_curves
 from tgtrain.evaluate import evaluate, format_report, write_predictions
 from tgtrain.methods import build_method
+
+
+LOG_EVERY = 20  # steps between reads of the step statistics: each read waits for the device to catch up
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
@@ -34,12 +38,17 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     out, root = Path(config.out), Path(config.data)
     dataset = read_dataset(root)
     classes = dataset["classes"]
-    labeled_urls = data.shard_urls(root, "labeled")
-    pool_urls = labeled_urls + (data.shard_urls(root, "unlabeled") if dataset["videos"]["unlabeled"] else [])  # the whole pool
+    built_from = dataset.get("config", {}).get("dataset")
+    if rank == 0 and built_from in PRESETS and config.preset not in (built_from, "tiny"):
+        print(f"warning: {root} is a {built_from} build, trained with the {config.preset} preset's recipe; "
+              f"--preset {built_from} gives {built_from}'s", file=sys.stderr)
+    labeled_urls, pool_urls = data.shard_urls(root, "labeled"), pool_shards(root, dataset)
     val_urls = data.shard_urls(root, "val")
 
     torch.manual_seed(config.seed)  # the initial weights: the same for every rank, and for a run and its resumption
     method = build_method(config, len(classes)).to(device)
+    if world > 1 and device.type == "cuda" and config.sync_bn:  # BN over the global batch, as the reference
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     model = DistributedDataParallel(method) if world > 1 else method
     optimizer = torch.optim.SGD(method.parameters(), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1}
@@ -55,7 +64,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     stream_videos = counts["labeled"] + counts["unlabeled"] if method.uses_unlabeled else counts["labeled"]
     steps = max(1, math.ceil(stream_videos / (config.batch_size * world)))  # per epoch, the same on every rank
     clips_per_step = config.batch_size * world * (2 if method.uses_unlabeled else 1)
-    peak_lr = config.lr * clips_per_step / 80  # the paper's 0.2 is for 80 clips per step
+    peak_lr = config.lr * clips_per_step / config.lr_clips  # the reference's 0.2 is for 8 GPUs' clips per step
 
     started = time.perf_counter()
     for epoch in range(state["epoch"], config.epochs):
@@ -67,28 +76,27 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         model.train()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
                    unit="step", dynamic_ncols=True)
-        sums, tick = {}, time.perf_counter()
+        sums, tick = StepStats(), time.perf_counter()
         for step, (labeled, unlabeled) in enumerate(bar):
-            lr = learning_rate(epoch * steps + step, steps, config, peak_lr)
+            lr = learning_rate(epoch, step, steps, config, peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             labeled, unlabeled = to_device(labeled, device), to_device(unlabeled, device)
-            with autocast:
-                loss, stats = model(labeled, unlabeled, use_unlabeled, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(method.parameters(), config.clip_grad)
-            optimizer.step()
-            for key, value in {"loss": loss.detach(), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix_str(f"loss {loss.item():.3f} lr {lr:.4f} "
-                                f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s", refresh=False)
+            sums.add(train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast,
+                                config.clip_grad))
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+                bar.set_postfix_str(f"loss {sums.latest('loss'):.3f} lr {lr:.4f} "
+                                    f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s")
         bar.close()
-        record = {"epoch": epoch + 1, "lr": lr, **{k: v / steps for k, v in sums.items()},
+        record = {"epoch": epoch + 1, "lr": lr, **sums.means(),
                   "clips_per_s": clips_per_step * steps / (time.perf_counter() - tick)}
-        if world > 1:
-            average_buffers(method)
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        precise_bn.average_across_ranks(method)
+        validating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        due = validating or (epoch + 1) % config.precise_bn_every == 0
+        state["precise_bn"] = config.precise_bn_batches > 0 and due  # recorded in the checkpoint
+        if state["precise_bn"]:
+            recompute_bn(networks(method), config, pool_urls, device, autocast, epoch)
+        if validating:
             record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast)
             if hasattr(method, "tg"):  # the teacher's accuracy: inference never uses it
                 record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast)
@@ -109,6 +117,38 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     return summary
 
 
+def train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast, clip_grad) -> dict:
+    """One optimisation step; returns the step's statistics as device tensors, read nowhere here: a read (float,
+    .item()) would make the host wait for the device at every step."""
+    with autocast:
+        loss, stats = model(labeled, unlabeled, use_unlabeled, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], clip_grad)
+    optimizer.step()
+    return {"loss": loss.detach(), **stats}
+
+
+class StepStats:
+    """Sums of the steps' statistics, kept on the device; read with one transfer when shown or logged."""
+
+    def __init__(self):
+        self.sums, self.last, self.steps = {}, {}, 0
+
+    def add(self, stats: dict) -> None:
+        for key, value in stats.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.last, self.steps = stats, self.steps + 1
+
+    def latest(self, key: str) -> float:
+        return float(self.last[key])
+
+    def means(self) -> dict:
+        values = torch.stack(list(self.sums.values())).tolist() if self.sums else []
+        return {key: value / self.steps for key, value in zip(self.sums, values)}
+
+
 def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch):
     """One epoch of (labeled, unlabeled) batch pairs; unlabeled is None for the supervised method.
     The streams' draws depend on (seed, rank, worker, epoch) only, so a resumed run draws the same clips."""
@@ -122,17 +162,34 @@ def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch):
     return zip(labeled, unlabeled)
 
 
-def average_buffers(method) -> None:
-    """DDP keeps the parameters equal, but each rank updates its BN running statistics from its own batches after
-    DDP broadcasts rank 0's: average them, so that every rank validates, and rank 0 saves, one and the same model."""
-    for buffer in method.buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer)  # a sum: gloo has no average
-            buffer /= dist.get_world_size()
+def pool_shards(root: Path, dataset: dict) -> list[str]:
+    """The whole training pool: labeled and unlabeled shards (the paper's unlabeled stream)."""
+    unlabeled = data.shard_urls(root, "unlabeled") if dataset["videos"]["unlabeled"] else []
+    return data.shard_urls(root, "labeled") + unlabeled
+
+
+def networks(method) -> dict:
+    """modality -> the method's network for it (rgb, and tg for LTG)."""
+    return {modality: getattr(method, modality) for modality in method.modalities}
+
+
+def recompute_bn(nets: dict, config, pool_urls, device, autocast, epoch: int = 0, workers: int | None = None) -> None:
+    """PreciseBN of the networks on precise_bn_batches batches of training-pool clips per rank (a resampled
+    stream: the same count on every rank, other clips at each epoch)."""
+    # area 1: no box of the whole frame's area fits a drawn aspect ratio, so every clip gets the fallback, the
+    # centred square: with the centre crop below, the reference's val view (the flip does not change BN's statistics)
+    stream = data.train_stream(pool_urls, batch_size=config.batch_size, clip_len=config.clip_len,
+                               interval=config.frame_interval, size=config.load_size, area=(1.0, 1.0),
+                               modalities=tuple(nets),
+                               labeled=False, epoch_batches=config.precise_bn_batches, seed=2 * config.seed + 2,
+                               epoch=epoch)
+    batches = data.loader(stream, config.workers if workers is None else workers)
+    precise_bn.recompute(nets, batches, config.precise_bn_batches, config.size, device, autocast)
 
 
 def validate(net, modality: str, val_urls, config, device, autocast) -> float:
-    """Top-1 (%) of one network on one centre clip per val video, over all ranks."""
+    """Top-1 (%) of one network on one centre clip per val video, centre-cropped at the training size (the
+    reference's val pipeline), over all ranks."""
     stream = data.eval_stream(val_urls, batch_size=config.batch_size * 2, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size, clips=1, crops=1,
                               modality=modality)
@@ -140,13 +197,15 @@ def validate(net, modality: str, val_urls, config, device, autocast) -> float:
     return found["top1"]
 
 
-def learning_rate(step: int, steps_per_epoch: int, config: TrainConfig, peak: float) -> float:
-    """Linear warm-up over warmup_epochs, then a cosine that would reach 0 one step after the last."""
-    warmup = config.warmup_epochs * steps_per_epoch
-    total = config.epochs * steps_per_epoch
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+def learning_rate(epoch: int, step: int, steps_per_epoch: int, config: TrainConfig, peak: float) -> float:
+    """The reference's schedule (MMAction2's CosineAnnealing by epoch, linear warm-up by step): a cosine from peak at
+    epoch 0 to 0 over all epochs, stepped once per epoch, times a factor rising linearly from warmup_start to 1 over
+    the first warmup_epochs."""
+    lr = peak * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    done, warmup = epoch * steps_per_epoch + step, config.warmup_epochs * steps_per_epoch
+    if done < warmup:
+        lr *= config.warmup_start + (1 - config.warmup_start) * done / warmup
+    return lr
 
 
 def setup_distributed(choice: str):
@@ -189,27 +248,31 @@ def read_dataset(root: Path) -> dict:
 
 
 def device_and_autocast(choice: str):
-    """The device a single process uses, and bf16 autocast on CUDA (a no-op context on the CPU)."""
+    """The device a single process uses, and bf16 autocast on CUDA (a no-op context on the CPU). On CUDA cuDNN
+    may also time its convolution algorithms once per shape and keep the fastest (the shapes never change)."""
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     device = torch.device("cuda" if torch.cuda.is_available() and choice != "cpu" else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     return device, torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def trained_rgb_net(ckpt: Path, data_root: Path, device):
-    """The RGB network of a checkpoint (inference is RGB-only), its config, and the classes; checked against the data."""
+def trained_rgb_net(ckpt: Path, data_root: Path, device, autocast, workers: int):
+    """The RGB network of a checkpoint (inference is RGB-only), its config, and the classes; checked against the
+    data. Its BN statistics are recomputed on the data's training pool if the run did not do so before saving."""
     checkpoint = read_checkpoint(ckpt)
-    try:
-        config = TrainConfig(**{**checkpoint["config"], "blocks": tuple(checkpoint["config"]["blocks"])})
-        classes = checkpoint["classes"]
-    except (KeyError, TypeError):
-        raise UserError(f"{ckpt}: not a tgtrain checkpoint (no config or classes in it)") from None
-    if read_dataset(data_root)["classes"] != classes:
+    config = checkpoint_config(checkpoint, ckpt)
+    classes, dataset = checkpoint["classes"], read_dataset(data_root)
+    if dataset["classes"] != classes:
         raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {data_root}; "
                         "evaluate on the dataset it was trained on")
     method = build_method(config, len(classes))
     load_weights(method, checkpoint, ckpt)
-    return method.rgb.to(device), config, classes
+    method.to(device)
+    if config.precise_bn_batches and not checkpoint.get("precise_bn"):
+        recompute_bn({"rgb": method.rgb}, config, pool_shards(data_root, dataset), device, autocast, workers=workers)
+    return method.rgb, config, classes
 
 
 def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers):
@@ -219,22 +282,24 @@ def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, 
     return data.loader(stream, workers)
 
 
-def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -> str:
-    """`tgtrain eval`: clips x crops views per video, RGB only, as a printable report.
+def test_crop(config: TrainConfig) -> int | None:
+    """"full": the network sees the whole load_size squares (the paper's test views, a larger scale than it
+    trained at; fully convolutional, it pools over any size); "center": their centre crop at the training size."""
+    return config.size if config.test_views == "center" else None
 
-    Each view is the centre crop, at the training crop size, of a square along the long side. The paper tests
-    on the full 256 squares instead; on the tiny network that scale change alone took the demo's 20.9 % top-1
-    to chance, so the views keep the scale the network was trained at.
-    """
+
+def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -> str:
+    """`tgtrain eval`: clips x crops views per video (squares along the long side, as test_views says), RGB only,
+    as a printable report."""
     device, autocast = device_and_autocast(device)
-    net, config, classes = trained_rgb_net(ckpt, data, device)
+    net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
     stream = test_stream(config, data, clips, crops, batch_size, workers)
-    return format_report(evaluate(net, stream, device, autocast, crop=config.size), classes)
+    return format_report(evaluate(net, stream, device, autocast, crop=test_crop(config)), classes)
 
 
 def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device) -> int:
     """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
     device, autocast = device_and_autocast(device)
-    net, config, classes = trained_rgb_net(ckpt, data, device)
+    net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
     stream = test_stream(config, data, clips, crops, batch_size, workers)
-    return write_predictions(net, stream, device, autocast, out, classes, crop=config.size)
+    return write_predictions(net, stream, device, autocast, out, classes, crop=test_crop(config))
