@@ -229,7 +229,8 @@ def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -
         else:
             report.sidecars.append(sidecar)
     report.resumed = len(report.sidecars)
-    work = partial(_shard_work, out=report.out, root=Path(config.root), config=config)
+    # absolute paths: a task may run in another process, on another node, from another folder
+    work = partial(_shard_work, out=report.out.resolve(), root=Path(config.root).resolve(), config=config)
     total = sum(len(t.records) for t in todo)
     with tqdm(total=total, unit="video", desc="build", dynamic_ncols=True, disable=None) as bar:
         frames = 0
@@ -255,7 +256,14 @@ def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -
 
 
 def executor(config: BuildConfig):
-    return LocalExecutor(config.workers, config.timeout)
+    """The engine that runs the shard tasks: this machine's cores, or a Ray cluster (an optional extra)."""
+    if config.executor != "ray":
+        return LocalExecutor(config.workers, config.timeout)
+    try:
+        from tgprep.ray_executor import RayExecutor
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'tgprep[ray]'") from None
+    return RayExecutor(config.ray_address, config.timeout)
 
 
 def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> None:
