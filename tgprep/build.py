@@ -59,9 +59,10 @@ def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
     try:
         report = _build(config, out, command)
     except WorkerError as e:
-        if not isinstance(e.error, OSError):  # a bug, not the machine: keep the worker's traceback
-            e.error.add_note(e.trace)
-        raise (e.error if not isinstance(e.error, OSError) else stopped(out, e.error)) from None
+        if isinstance(e.error, OSError):
+            raise stopped(out, e.error) from None
+        e.error.add_note(f"raised in a worker:\n{e.trace}")  # a bug, not the machine: keep its traceback
+        raise e.error from None
     except OSError as e:
         raise stopped(out, e) from None
     report.seconds = time.perf_counter() - start

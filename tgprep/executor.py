@@ -82,7 +82,11 @@ class _Worker:
     def __init__(self, context, work):
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, args=(child, work, os.getpid()), daemon=True)
-        self.process.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # until the worker ignores Ctrl-C itself
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child.close()
         self.task, self.video, self.done, self.seen, self.hung = None, None, 0, time.monotonic(), False
 
@@ -180,6 +184,7 @@ class _Pool:
 def _worker_main(conn, work, parent: int) -> None:
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def event(kind_value) -> None:
         conn.send(kind_value)
