@@ -14,7 +14,8 @@ import time
 
 import ray
 
-from tgprep.executor import BARE_DEATHS, STRIKES, POLL, Strikes, WorkerError
+from tgprep.errors import UserError
+from tgprep.executor import BARE_DEATHS, POLL, STRIKES, Strikes, WorkerError
 
 
 @ray.remote(num_cpus=0)
@@ -92,7 +93,11 @@ class RayExecutor:
 
     def run(self, work, tasks: list, progress) -> list:
         if not ray.is_initialized():
-            ray.init(address=self.address, logging_level=logging.WARNING)
+            try:
+                ray.init(address=self.address, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise UserError(f"--ray-address {self.address or '(none)'}: cannot join a Ray cluster: "
+                                f"{str(e).strip().splitlines()[0]}") from None
         attempts = Attempts.remote()
         pending = {self._submit(work, task, attempts): task for task in tasks}
         results = []
