@@ -17,6 +17,7 @@ reason, and the shard is written without it (ShardTask.failed). Workers die with
 import ctypes
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -24,6 +25,8 @@ import time
 import traceback
 from dataclasses import replace
 from multiprocessing.connection import wait
+
+from tgprep.errors import UserError
 
 STRIKES = 2          # deaths or hangs on one video before it is recorded as failed
 BARE_DEATHS = 3      # deaths of one task with no video to blame (between videos) before the build stops
@@ -164,13 +167,13 @@ class _Pool:
         if key is None:
             self.bare[task.name] = self.bare.get(task.name, 0) + 1
             if self.bare[task.name] >= BARE_DEATHS:
-                raise WorkerError(RuntimeError(f"{task.name}: its worker died {BARE_DEATHS} times "
-                                               f"between videos, last {how}"), "")
+                raise UserError(f"{task.name}: its worker died {BARE_DEATHS} times between videos, last {how}; "
+                                "run the same command again to resume")
         retry = self.strikes.blame(task, key, reason)
         verdict = f"; {key} recorded as failed" if key in retry.failed else ""
         undo = worker.done - (key in retry.failed)  # the bar keeps a video that is now accounted for
-        self.progress(("retry", undo, f"{task.name}: worker {how} on {key or 'no video'}{verdict}; "
-                                             "writing the shard again"))
+        line = f"{task.name}: worker {how} on {key or 'no video'}{verdict}; writing the shard again"
+        self.progress(("retry", undo, line))
         return retry
 
     def close(self) -> None:
@@ -186,16 +189,13 @@ def _worker_main(conn, work, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
-    def event(kind_value) -> None:
-        conn.send(kind_value)
-
     while True:
         try:
             task = conn.recv()
         except EOFError:
             return
         try:
-            result = work(task, event)
+            result = work(task, conn.send)
         except Exception as e:  # a bug or a full disk: the parent stops the build and says so
             conn.send(("error", (_picklable(e), traceback.format_exc())))
             return
@@ -204,7 +204,7 @@ def _worker_main(conn, work, parent: int) -> None:
 
 def _die_with_parent(parent: int) -> None:
     """A worker must never outlive the build (it would keep the output's lock): the kernel's parent-death
-    signal on Linux, and a thread that watches the parent elsewhere and in the moment before prctl."""
+    signal on Linux; elsewhere, and for a parent that died before prctl took effect, a watching thread."""
     if sys.platform == "linux":
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
@@ -222,8 +222,6 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _picklable(error: BaseException) -> BaseException:
-    import pickle
-
     try:
         pickle.dumps(error)
         return error

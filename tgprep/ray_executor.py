@@ -133,4 +133,5 @@ def _result(ref, task):
     except ray.exceptions.RayTaskError as e:  # work raised: a full disk, or a bug
         raise WorkerError(e.cause, str(e)) from None
     except ray.exceptions.RayError as e:  # Ray gave up on it
-        raise WorkerError(RuntimeError(f"{task.name}: {type(e).__name__}: {str(e).splitlines()[0]}"), "") from None
+        raise UserError(f"{task.name}: Ray gave up on it ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+                        "run the same command again to resume") from None
