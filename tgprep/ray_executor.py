@@ -92,6 +92,8 @@ class RayExecutor:
         self.address, self.timeout = address, timeout
 
     def run(self, work, tasks: list, progress) -> list:
+        if not tasks:  # a finished build resumed: no cluster to join
+            return []
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING)
