@@ -82,8 +82,14 @@ def synth_command(out, workers, **knobs):
 @click.option("--short-side", default=256, show_default=True, help="Resize the short side to this (never up); 0 keeps size.")
 @click.option("--quality", default=BuildConfig.quality, show_default=True, help="JPEG quality of stored frames.")
 @click.option("--videos-per-shard", default=BuildConfig.videos_per_shard, show_default=True)
-@click.option("--timeout", default=BuildConfig.timeout, show_default=True, help="Seconds one video may take to decode.")
-@click.option("--workers", default=0, help="Parallel processes; 0 = one per core.")
+@click.option("--timeout", default=BuildConfig.timeout, show_default=True,
+              help="Seconds one video may take to decode; a worker silent this long is killed and replaced.")
+@click.option("--workers", default=0, help="Parallel processes; 0 = one per core (local executor).")
+@click.option("--executor", default="local", type=click.Choice(["local", "ray"]), show_default=True,
+              help="local: this machine's cores; ray: a Ray cluster (pip install 'tgprep[ray]'; --out on a "
+              "file system every node sees).")
+@click.option("--ray-address", default=None, help="Ray cluster to join, e.g. auto or HOST:6379 "
+              "[default: RAY_ADDRESS, else one on this machine, else a new local one].")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds instead of resuming it.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video failed.")
 @click.option("--dry-run", is_flag=True, help="Stop after the manifests and the summary table.")

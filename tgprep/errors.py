@@ -1,5 +1,6 @@
 """The exceptions tgprep raises for problems a user can fix, and the click group that prints them as one line."""
 
+import errno
 import sys
 
 import click
@@ -14,6 +15,11 @@ class UserError(Exception):
 
 class MissingVideosError(UserError):
     """Videos named by the official lists are not on disk (and --allow-missing was not given)."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether an error means the output's file system is full (or the user's quota spent)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class OneLineErrors(click.Group):
