@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from tgprep import schema
 from tgprep.errors import UserError
 from tgtrain import data
 from tgtrain.checkpoint import load_checkpoint, load_weights, read_checkpoint, save_checkpoint
@@ -63,7 +64,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         torch.manual_seed(seed)  # dropout and anything else on the global generator
         generator = torch.Generator().manual_seed(seed)  # augmentation parameters
         use_unlabeled = method.uses_unlabeled and epoch >= config.supervised_epochs
-        batches = epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch)
+        batches = epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes))
         model.train()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
                    unit="step", dynamic_ncols=True)
@@ -89,9 +90,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         if world > 1:
             average_buffers(method)
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast)
+            record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast, len(classes))
             if hasattr(method, "tg"):  # the teacher's accuracy: inference never uses it
-                record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast)
+                record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast, len(classes))
             if record["val_top1"] > state["best"]:
                 state.update(best=record["val_top1"], best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
@@ -109,11 +110,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     return summary
 
 
-def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch):
+def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, classes):
     """One epoch of (labeled, unlabeled) batch pairs; unlabeled is None for the supervised method.
     The streams' draws depend on (seed, rank, worker, epoch) only, so a resumed run draws the same clips."""
     common = dict(batch_size=config.batch_size, clip_len=config.clip_len, interval=config.frame_interval,
-                  size=config.load_size, modalities=method.modalities, epoch_batches=steps, epoch=epoch)
+                  size=config.load_size, modalities=method.modalities, epoch_batches=steps, epoch=epoch,
+                  classes=classes)
     labeled = data.loader(data.train_stream(labeled_urls, labeled=True, seed=2 * config.seed, **common), config.workers)
     if not method.uses_unlabeled:
         return ((batch, None) for batch in labeled)
@@ -131,11 +133,11 @@ def average_buffers(method) -> None:
             buffer /= dist.get_world_size()
 
 
-def validate(net, modality: str, val_urls, config, device, autocast) -> float:
+def validate(net, modality: str, val_urls, config, device, autocast, classes: int) -> float:
     """Top-1 (%) of one network on one centre clip per val video, over all ranks."""
     stream = data.eval_stream(val_urls, batch_size=config.batch_size * 2, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size, clips=1, crops=1,
-                              modality=modality)
+                              modality=modality, classes=classes)
     found = evaluate(net, data.loader(stream, config.workers), device, autocast, crop=config.size, modality=modality)
     return found["top1"]
 
@@ -179,11 +181,11 @@ def to_device(batch, device):
 
 def read_dataset(root: Path) -> dict:
     try:
-        return json.loads((root / "dataset.json").read_text())
+        return schema.read_dataset(root / "dataset.json")
     except FileNotFoundError:
         raise UserError(f"{root}: no dataset.json here; point --data at a `tgprep build` output folder") from None
-    except ValueError:
-        raise UserError(f"{root / 'dataset.json'}: not valid JSON; rebuild with tgprep build") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{root / 'dataset.json'}: {e}; rebuild with tgprep build") from None
 
 
 
@@ -212,10 +214,10 @@ def trained_rgb_net(ckpt: Path, data_root: Path, device):
     return method.rgb.to(device), config, classes
 
 
-def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers):
+def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers, classes: int):
     stream = data.eval_stream(data.shard_urls(data_root, "val"), batch_size=batch_size, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size,
-                              clips=clips or config.test_clips, crops=int(crops or config.test_crops))
+                              clips=clips or config.test_clips, crops=int(crops or config.test_crops), classes=classes)
     return data.loader(stream, workers)
 
 
@@ -228,7 +230,7 @@ def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -
     """
     device, autocast = device_and_autocast(device)
     net, config, classes = trained_rgb_net(ckpt, data, device)
-    stream = test_stream(config, data, clips, crops, batch_size, workers)
+    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
     return format_report(evaluate(net, stream, device, autocast, crop=config.size), classes)
 
 
@@ -236,5 +238,5 @@ def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, devic
     """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
     device, autocast = device_and_autocast(device)
     net, config, classes = trained_rgb_net(ckpt, data, device)
-    stream = test_stream(config, data, clips, crops, batch_size, workers)
+    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
     return write_predictions(net, stream, device, autocast, out, classes, crop=config.size)
