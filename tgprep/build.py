@@ -47,7 +47,8 @@ class BuildReport:
 
     @property
     def videos(self) -> int:
-        return len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val) + len(self.listing.missing)
+        return (len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val)
+                + len(self.listing.missing) + len(self.listing.unusable))
 
 
 def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
@@ -221,6 +222,8 @@ def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -
 def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> None:
     report.failures = [{"key": r.key, "path": r.path, "set": r.split, "reason": "missing: listed but not on disk"}
                        for r in report.listing.missing]
+    report.failures += [{"key": r.key, "path": r.path, "set": r.split, "reason": reason}
+                        for r, reason in report.listing.unusable]
     report.failures += [f for s in report.sidecars for f in s["failures"]]
     lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in report.failures)
     (report.out / "failures.jsonl").write_text(lines)
@@ -312,7 +315,8 @@ def written_table(report: BuildReport) -> list[str]:
         lines.append(f"{name:<10} {sum(s['samples'] for s in done):>8} {sum(s['frames'] for s in done):>10} "
                      f"{sum(s['bytes'] for s in done) / 1e6:>9.1f} {failed.get(name, 0):>7}")
     decoded = report.videos - len(report.listing.missing)
-    lines.append(f"{sum(failed.values())} of {decoded} videos failed (see failures.jsonl)" if failed
+    n_failed = sum(failed.values()) + len(report.listing.unusable)  # unusable: set aside before any shard
+    lines.append(f"{n_failed} of {decoded} videos failed (see failures.jsonl)" if n_failed
                  else f"all {decoded} videos written")
     if report.listing.missing:
         lines.append(f"{len(report.listing.missing)} listed videos were missing (also in failures.jsonl)")
