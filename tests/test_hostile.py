@@ -337,33 +337,23 @@ def test_a_hostile_shard_is_one_line_in_bounded_memory(hostile, micro_toml, tmp_
     assert max(added.values()) < MEMORY_BAR_MB, added
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"{}", "'classes' is not a list of class names"),
-    (nested(100_000), "nested too deep"),
-    (b'{"classes": ["a"], "videos": {"labeled": 1, "unlabeled": 0, "val": -1}, "status": "complete"}', "'val'"),
-    (b"\xff\xfe", "not valid JSON"),
+@pytest.mark.parametrize("name, content, words", [
+    ("dataset.json", b"{}", "'classes' is not a list of class names"),
+    ("dataset.json", nested(100_000), "nested too deep"),
+    ("dataset.json", b'{"classes": ["a"], "videos": {"labeled": 1, "unlabeled": 0, "val": -1}, "status": "complete"}',
+     "'val'"),
+    ("dataset.json", b"\xff\xfe", "not valid JSON"),
+    ("labeled-000000.json", nested(100_000), "nested too deep"),
+    ("labeled-000000.json", b'{"shard": "labeled-000000.tar"}', "'samples'"),
+    ("labeled-000000.json", b" " * (limits.MAX_SIDECAR_BYTES + 1), "over the limit"),
 ])
-def test_a_hostile_dataset_json_is_one_line(good, micro_toml, tmp_path, content, words):
+def test_a_hostile_dataset_json_or_sidecar_is_one_line(good, micro_toml, tmp_path, name, content, words):
     out = tmp_path / "out"
     shutil.copytree(good, out)
-    (out / "dataset.json").write_bytes(content)
-    one_line(tgprep("verify", out), 1, "dataset.json", words)
+    (out / name).write_bytes(content)
+    one_line(tgprep("verify", out), 1, name, words)
     one_line(tgtrain("run", "--data", out, "--preset", "tiny", "--config", micro_toml, "--out", tmp_path / "run",
-                     "--device", "cpu"), 2, "dataset.json", words)
-
-
-@pytest.mark.parametrize("content, words", [
-    (nested(100_000), "nested too deep"),
-    (b'{"shard": "labeled-000000.tar"}', "'samples'"),
-    (b" " * (limits.MAX_SIDECAR_BYTES + 1), "over the limit"),
-])
-def test_a_hostile_sidecar_is_one_line(good, micro_toml, tmp_path, content, words):
-    out = tmp_path / "out"
-    shutil.copytree(good, out)
-    (out / "labeled-000000.json").write_bytes(content)
-    one_line(tgprep("verify", out), 1, "labeled-000000.json", words)
-    one_line(tgtrain("run", "--data", out, "--preset", "tiny", "--config", micro_toml, "--out", tmp_path / "run",
-                     "--device", "cpu"), 2, "labeled-000000.json", words)
+                     "--device", "cpu"), 2, name, words)
 
 
 def test_the_installed_commands_print_one_line(hostile, tmp_path):
@@ -373,3 +363,13 @@ def test_the_installed_commands_print_one_line(hostile, tmp_path):
                              timeout=60)
         assert run.returncode == code and len(run.stderr.strip().splitlines()) == 1, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_a_damaged_dataset_json_in_out_stops_a_resume(good, videos, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    (out / "dataset.json").write_bytes(nested(100_000))
+    args = ["build", "--dataset", "folder", "--root", videos, "--out", out, "--ratio", "0.5", "--val-fraction", "0.25",
+            "--videos-per-shard", "100", "--short-side", "0", "--workers", "1"]
+    one_line(tgprep(*args), 2, "dataset.json", "nested too deep", "--overwrite")
+    assert tgprep(*args, "--overwrite").exit_code == 0

@@ -22,7 +22,7 @@ import PIL
 from tqdm import tqdm
 
 import tgprep
-from tgprep import datasets, synth
+from tgprep import datasets, schema, synth
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import Listing, Record
 from tgprep.errors import MissingVideosError, UserError
@@ -130,8 +130,13 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
     """Resume what this output holds if it was made by the same settings; refuse otherwise, or --overwrite.
     Returns whether the output already holds this very build, complete."""
     try:
-        previous = json.loads((out / "dataset.json").read_text())
-    except (OSError, ValueError):
+        previous = schema.read_dataset(out / "dataset.json")
+    except FileNotFoundError:
+        previous = None
+    except (OSError, ValueError) as e:
+        if not config.overwrite:
+            raise UserError(f"{out / 'dataset.json'}: {e}; use --overwrite to rebuild this output, "
+                            "or another --out") from None
         previous = None
     if previous is not None and not config.overwrite:
         old = previous.get("config", {})

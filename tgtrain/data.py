@@ -152,7 +152,7 @@ def tar_samples(shards):
         try:
             yield from _mapped_samples(url)
         except (tarfile.TarError, OSError, ValueError) as e:  # ValueError: an empty file, pax numbers
-            raise SampleError(f"{url}: not a readable tar ({e}); {FIX}") from None
+            raise e if isinstance(e, SampleError) else SampleError(f"{url}: not a readable tar ({e}); {FIX}") from None
 
 
 def _mapped_samples(url: str):
