@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -373,3 +374,23 @@ def test_a_damaged_dataset_json_in_out_stops_a_resume(good, videos, tmp_path):
             "--videos-per-shard", "100", "--short-side", "0", "--workers", "1"]
     one_line(tgprep(*args), 2, "dataset.json", "nested too deep", "--overwrite")
     assert tgprep(*args, "--overwrite").exit_code == 0
+
+
+def test_a_fifo_named_like_a_shard_is_never_opened(good, micro_toml, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    (out / "val-000000.tar").unlink()
+    os.mkfifo(out / "val-000000.tar")
+
+    def opened(*_):
+        raise TimeoutError("blocked on the FIFO: it was opened")
+
+    previous = signal.signal(signal.SIGALRM, opened)
+    signal.alarm(60)  # interrupts a blocked open(): the test fails instead of hanging
+    try:
+        one_line(tgprep("verify", out), 1, "val-000000.tar: missing")
+        one_line(tgtrain("run", "--data", out, "--preset", "tiny", "--config", micro_toml, "--out", tmp_path / "run",
+                         "--device", "cpu"), 2, "val-000000.tar", "not a regular file")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -37,6 +37,7 @@ def shard_paths(path: Path) -> list[Path]:
         found = [Path(p) for p in braceexpand.braceexpand(str(path)) if Path(p).is_file()]
     else:
         found = sorted(path.parent.glob(f"{path.name}-*.tar"))
+    found = [p for p in found if p.is_file()]  # a FIFO named like a shard would block its reader
     if not found:
         raise UserError(f"{path}: no shards found; give a .tar, a shard set such as OUT/labeled, "
                         "a pattern such as OUT/val-{000000..000003}.tar, or an output root")

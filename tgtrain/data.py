@@ -47,10 +47,7 @@ def shard_urls(data: Path, set_name: str) -> list[str]:
     data = Path(data)
     if not data.is_dir():
         raise UserError(f"{data}: no such folder; give the output folder of `tgprep build`")
-    urls = []
-    for tar in sorted(data.glob(f"{set_name}-[0-9]*.tar")):
-        if finished_samples(tar) > 0:
-            urls.append(str(tar))
+    urls = [str(tar) for tar in sorted(data.glob(f"{set_name}-[0-9]*.tar")) if finished_samples(tar) > 0]
     if not urls:
         raise UserError(f"{data}: no {set_name} shards ({set_name}-000000.tar ...) with samples; "
                         "is this the output folder of a finished `tgprep build`?")
@@ -60,6 +57,8 @@ def shard_urls(data: Path, set_name: str) -> list[str]:
 def finished_samples(tar: Path) -> int:
     """The sample count in the .json that tgprep writes after its tar, once checked to describe this very tar."""
     side = tar.with_suffix(".json")
+    if not tar.is_file():  # a FIFO or a device would block the reader
+        raise UserError(f"{tar}: not a regular file, so not a shard; delete it, then {FIX}")
     try:
         info = schema.read_sidecar(side)
     except FileNotFoundError:
