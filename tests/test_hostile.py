@@ -5,6 +5,7 @@ code, never a traceback, and add less than 500 MB of memory to the process that 
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -45,6 +46,16 @@ def one_line(result, code: int, *words: str) -> str:
         assert word in lines[0], (word, lines[0])
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def problems(result, name: str, *words: str) -> None:
+    """verify's verdict: exit code 1, no traceback, one line per problem, each naming its file first, and one
+    naming `name` (a shard, a sidecar or dataset.json) with the words."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(re.match(r"[\w.-]+\.(tar|json): ", line) for line in lines), result.stderr
+    assert any(all(word in line for word in (name, *words)) for line in lines), (words, result.stderr)
 
 
 def _status(field: str) -> int:
@@ -244,6 +255,22 @@ def sample_members(sample: dict, meta_changes: dict | None = None, json_bytes: b
     return [pax(f"{sample['__key__']}.{field}", value) for field, value in sorted(data.items()) if value is not None]
 
 
+def giant_jpeg_header(sample: dict) -> dict:
+    """The .rgb with its first JPEG's frame header (SOF0) rewritten to claim 65000 x 65000 pixels: a decoder
+    that trusted it would allocate 12 GB."""
+    offsets = json.loads(sample["json"])["rgb_offsets"]
+    rgb = bytearray(sample["rgb"])
+    sof = rgb.index(b"\xff\xc0", 0, offsets[1])
+    rgb[sof + 5:sof + 9] = (65000).to_bytes(2, "big") * 2
+    return {"rgb": bytes(rgb)}
+
+
+def interleaved(sample: dict) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """Two samples whose members alternate (a.cls b.cls a.json b.json ...), as no tar writer groups them."""
+    first, second = sample_members(sample), sample_members({**sample, "__key__": sample["__key__"] + "x"})
+    return [member for pair in zip(first, second) for member in pair]
+
+
 def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
@@ -278,6 +305,12 @@ SHARDS = {
     "pax-10TB": (lambda s: [(info, data) if not info.name.endswith(".rgb") else pax(info.name, data, size=10**13)
                             for info, data in sample_members(s)], "past the end", 2, 2, "runs past the end"),
     "bad-offsets": (lambda s: sample_members(s, {"rgb_offsets": [0, 10**30]}), "rgb_offsets", 0, 2, "rgb_offsets"),
+    # what held before, and must keep holding
+    "jpeg-65000x65000": (lambda s: sample_members(s, **giant_jpeg_header(s)), "not a readable JPEG", 0, 2,
+                         "not a readable JPEG"),
+    "interleaved": (interleaved, "appears twice", 2, 2, " member; "),  # the halves lack one member or another
+    "cls-not-a-number": (lambda s: sample_members(s, cls=b"x1"), ".cls b'x1' is not its label", 0, 0,
+                         ".cls b'x1' is not its label"),
     "no-sample-fields": (lambda s: [pax("../evil.json", b"{}"), pax("/abs/x.pad", b"x")], "not a sample field",
                          2, 2, "holds no sample fields"),
 }
@@ -316,7 +349,7 @@ def test_a_hostile_shard_is_one_line_in_bounded_memory(hostile, micro_toml, tmp_
     if verify_words is None:
         assert result.exit_code == 0, result.output
     else:
-        assert "labeled-000000.tar" in one_line(result, 1, verify_words)
+        problems(result, "labeled-000000.tar", verify_words)
     with added_memory() as inspected:
         result = tgprep("inspect", out)
     assert result.exit_code == inspect_code and "Traceback" not in result.output, result.output
@@ -352,7 +385,7 @@ def test_a_hostile_dataset_json_or_sidecar_is_one_line(good, micro_toml, tmp_pat
     out = tmp_path / "out"
     shutil.copytree(good, out)
     (out / name).write_bytes(content)
-    one_line(tgprep("verify", out), 1, name, words)
+    problems(tgprep("verify", out), name, words)
     one_line(tgtrain("run", "--data", out, "--preset", "tiny", "--config", micro_toml, "--out", tmp_path / "run",
                      "--device", "cpu"), 2, name, words)
 
@@ -388,7 +421,7 @@ def test_a_fifo_named_like_a_shard_is_never_opened(good, micro_toml, tmp_path):
     previous = signal.signal(signal.SIGALRM, opened)
     signal.alarm(60)  # interrupts a blocked open(): the test fails instead of hanging
     try:
-        one_line(tgprep("verify", out), 1, "val-000000.tar: missing")
+        problems(tgprep("verify", out), "val-000000.tar: missing")
         one_line(tgtrain("run", "--data", out, "--preset", "tiny", "--config", micro_toml, "--out", tmp_path / "run",
                          "--device", "cpu"), 2, "val-000000.tar", "not a regular file")
     finally:
