@@ -246,6 +246,13 @@ def write_shard(tar_path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) ->
         "bytes": tar_path.stat().st_size, "sha256": file_sha256(tar_path), "keys": keys, "failures": []}))
 
 
+def describe_in_sidecar(tar_path: Path) -> None:
+    """Make the sidecar beside a replaced tar true again (bytes, sha256), so only the tar is hostile."""
+    side = json.loads(tar_path.with_suffix(".json").read_text())
+    side.update(bytes=tar_path.stat().st_size, sha256=file_sha256(tar_path))
+    tar_path.with_suffix(".json").write_text(json.dumps(side))
+
+
 def sample_members(sample: dict, meta_changes: dict | None = None, json_bytes: bytes | None = None,
                    **fields) -> list[tuple[tarfile.TarInfo, bytes]]:
     """A real sample's members, its .json changed or replaced, fields added or replaced (None drops one)."""
@@ -329,15 +336,9 @@ def hostile(good, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("pax-header-100GB")
     shutil.copytree(good, out, dirs_exist_ok=True)
     huge_pax_header(out / "labeled-000000.tar")
-    write_shard_sidecar_only(out / "labeled-000000.tar")
+    describe_in_sidecar(out / "labeled-000000.tar")
     made["pax-header-100GB"] = out
     return made
-
-
-def write_shard_sidecar_only(tar_path: Path) -> None:
-    side = json.loads(tar_path.with_suffix(".json").read_text())
-    side.update(bytes=tar_path.stat().st_size, sha256=file_sha256(tar_path))
-    tar_path.with_suffix(".json").write_text(json.dumps(side))
 
 
 @pytest.mark.parametrize("name", [*SHARDS, "pax-header-100GB"])
