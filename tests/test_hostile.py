@@ -199,7 +199,8 @@ def test_every_file_under_root_is_a_shard_or_a_failure(awkward_build):
     lines = b"".join((out / "manifests" / f"{s}.txt").read_bytes() for s in ("labeled", "unlabeled", "val"))
     assert sorted(lines.splitlines()) == sorted([b"caf\xe9/v%d\xff.avi 0" % i for i in range(3)]
                                                 + [b"plain/v%d.avi 1" % i for i in range(3)])
-    assert json.loads((out / "dataset.json").read_text())["classes"] == ["caf\udce9", "plain"]
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["classes"] == ["caf\udce9", "plain"] and dataset["unusable"] == 4
 
 
 def test_a_manifest_with_such_names_reads_back_as_a_labeled_list(awkward_build, tmp_path):

@@ -181,6 +181,7 @@ def dataset_json(listing: Listing, splits: Splits, config: BuildConfig, command,
         "videos": {name: len(records) for name, records in sets.items()},
         "per_class": {name: class_counts(records, listing.classes) for name, records in sets.items()},
         "missing": len(listing.missing),
+        "unusable": len(listing.unusable),  # on disk but not buildable (see failures.jsonl)
         "unlisted": listing.unlisted,
         "notes": listing.notes,
         "shards": shards,
