@@ -32,8 +32,8 @@ MAX_LIST_BYTES = 256 << 20
 # RGB clip of 201 MB, so a clip decoded from any frame size a reader accepts stays well under 500 MB.
 MAX_SIDE = 16384
 MAX_PIXELS = 1 << 22
-# The smallest baseline JPEG with its tables is about 125 bytes (Pillow's 1x1 at quality 1 is 285): a
-# payload of N bytes cannot hold more than N / 100 frames, whatever the .json says.
+# A baseline JPEG with its tables takes about 125 bytes at the very least (Pillow's smallest, 1x1 at quality
+# 1, is 630): a payload of N bytes cannot hold more than N / 100 frames, whatever the .json says.
 MIN_JPEG_BYTES = 100
 # Class numbers: Kinetics-700 has 700 classes; more than this is not a label but a number out of range.
 MAX_CLASSES = 100_000
@@ -41,7 +41,7 @@ MAX_CLASSES = 100_000
 
 def check_size(size: int, limit: int) -> None:
     if size > limit:
-        raise ValueError(f"{size} bytes, over the limit of {limit} bytes for it")
+        raise ValueError(f"{size} bytes, over the limit of {limit} bytes")
 
 
 def check_member(field: str, offset: int, size: int, file_size: int) -> None:
