@@ -20,7 +20,7 @@ import PIL
 from tqdm import tqdm
 
 import tgprep
-from tgprep import datasets, synth
+from tgprep import datasets, schema, synth
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import Listing, Record
 from tgprep.errors import MissingVideosError, UserError, disk_full
@@ -46,7 +46,8 @@ class BuildReport:
 
     @property
     def videos(self) -> int:
-        return len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val) + len(self.listing.missing)
+        return (len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val)
+                + len(self.listing.missing) + len(self.listing.unusable))
 
 
 def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
@@ -151,8 +152,13 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
     """Resume what this output holds if it was made by the same settings; refuse otherwise, or --overwrite.
     Returns whether the output already holds this very build, complete."""
     try:
-        previous = json.loads((out / "dataset.json").read_text())
-    except (OSError, ValueError):
+        previous = schema.read_dataset(out / "dataset.json")
+    except FileNotFoundError:
+        previous = None
+    except (OSError, ValueError) as e:
+        if not config.overwrite:
+            raise UserError(f"{out / 'dataset.json'}: {e}; use --overwrite to rebuild this output, "
+                            "or another --out") from None
         previous = None
     if previous is not None and not config.overwrite:
         old = previous.get("config", {})
@@ -203,6 +209,7 @@ def dataset_json(listing: Listing, splits: Splits, config: BuildConfig, command,
         "videos": {name: len(records) for name, records in sets.items()},
         "per_class": {name: class_counts(records, listing.classes) for name, records in sets.items()},
         "missing": len(listing.missing),
+        "unusable": len(listing.unusable),  # on disk but not buildable (see failures.jsonl)
         "unlisted": listing.unlisted,
         "notes": listing.notes,
         "shards": shards,
@@ -270,6 +277,8 @@ def executor(config: BuildConfig):
 def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> None:
     report.failures = [{"key": r.key, "path": r.path, "set": r.split, "reason": "missing: listed but not on disk"}
                        for r in report.listing.missing]
+    report.failures += [{"key": r.key, "path": r.path, "set": r.split, "reason": reason}
+                        for r, reason in report.listing.unusable]
     report.failures += [f for s in report.sidecars for f in s["failures"]]
     lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in report.failures)
     (report.out / "failures.jsonl").write_text(lines)
@@ -322,7 +331,8 @@ def written_table(report: BuildReport) -> list[str]:
         lines.append(f"{name:<10} {sum(s['samples'] for s in done):>8} {sum(s['frames'] for s in done):>10} "
                      f"{sum(s['bytes'] for s in done) / 1e6:>9.1f} {failed.get(name, 0):>7}")
     decoded = report.videos - len(report.listing.missing)
-    lines.append(f"{sum(failed.values())} of {decoded} videos failed (see failures.jsonl)" if failed
+    n_failed = sum(failed.values()) + len(report.listing.unusable)  # unusable: set aside before any shard
+    lines.append(f"{n_failed} of {decoded} videos failed (see failures.jsonl)" if n_failed
                  else f"all {decoded} videos written")
     if report.listing.missing:
         lines.append(f"{len(report.listing.missing)} listed videos were missing (also in failures.jsonl)")

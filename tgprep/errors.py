@@ -23,7 +23,8 @@ def disk_full(error: BaseException) -> bool:
 
 
 class OneLineErrors(click.Group):
-    """A command group that turns UserError into one line on stderr and exit code 2, never a traceback."""
+    """A command group that turns UserError and click's usage errors into one line on stderr and exit code 2,
+    never a traceback or a usage block."""
 
     interrupted = "interrupted: run the same command again to resume"
 
@@ -33,6 +34,10 @@ class OneLineErrors(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a bad option: one line too, instead of click's usage block
+            hint = "" if isinstance(e, click.BadParameter) else f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            click.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo(self.interrupted, err=True)
             sys.exit(130)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from tgprep import limits
 from tgprep.datasets.common import Record
 from tgprep.errors import disk_full
 from tgprep.splits import Splits
@@ -114,8 +115,8 @@ def failure(record: Record, set_name: str, error: BaseException) -> dict:
 def finished(out: Path, task: ShardTask) -> dict | None:
     """The sidecar of a shard that an earlier run finished for exactly these videos, else None."""
     try:
-        sidecar = json.loads((out / f"{task.name}.json").read_text())
-    except (OSError, ValueError):
+        sidecar = limits.read_json(out / f"{task.name}.json", limits.MAX_SIDECAR_BYTES)
+    except (OSError, ValueError):  # absent, damaged or nested too deep: the shard is written again
         return None
     done = set(sidecar.get("keys", [])) | {f["key"] for f in sidecar.get("failures", [])}
     if done != {r.key for r in task.records} or not (out / sidecar["shard"]).is_file():
