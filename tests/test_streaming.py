@@ -1,7 +1,6 @@
 """A build streams each video: memory flat in its length, the same bytes as samples made from frames in memory,
 and temporary payload files that no failure or kill leaves behind."""
 
-import io
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+import simplejpeg
 
 import tgprep.sample
 from tgprep.build import build
@@ -33,19 +32,17 @@ def pattern_video(path: Path, frames: int, size="320x240", rate="25") -> Path:
     return path
 
 
-def jpeg(image: np.ndarray, subsampling: int) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, "JPEG", quality=90, subsampling=subsampling)
-    return out.getvalue()
+def jpeg(image: np.ndarray, subsampling: str) -> bytes:
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(image), 90, "rgb", subsampling)
 
 
 def whole_video_payloads(video: Video, fps: float | None) -> tuple[list[int], bytes, bytes]:
     """The frame indices, .rgb and .tg of a sample computed the old way, over the whole array at once."""
     frames = video.frames
     indices = select_frames(len(frames), video.fps, fps)
-    rgb = b"".join(jpeg(frames[k], 0) for k in indices)
+    rgb = b"".join(jpeg(frames[k], "444") for k in indices)
     diffs = [frames[k + 1].astype(np.int16) - frames[k] for k in indices if k + 1 < len(frames)]
-    tg = b"".join(jpeg((np.clip(d, -128, 127) + 128).astype(np.uint8), 2) for d in diffs)
+    tg = b"".join(jpeg((np.clip(d, -128, 127) + 128).astype(np.uint8), "420") for d in diffs)
     return indices.tolist(), rgb, tg
 
 

@@ -21,6 +21,10 @@ below a TG derived at load time from the stored RGB JPEGs (0.78), for fewer byte
 (8.5 vs 8.9 KB per 240p frame). 4:2:0 suits TG (same error per byte as 4:4:4, faster); 4:4:4 suits RGB
 (more PSNR per byte). No Huffman optimisation: -9 % bytes for +0.3 ms per image. See BENCHMARKS.md.
 
+The codec is libjpeg-turbo through simplejpeg, which encodes from numpy with a chosen subsampling and decodes with
+DCT scaling straight into a given array: 1.3x Pillow's speed encoding RGB, 1.7x TG, 1.6x decoding, the same pixels
+(bench/codec.py). Any baseline JPEG decoder reads the shards; the .json's encodings name the encoder.
+
 .json fields: dataset, path, class, label, split, fps (stored rate), source_fps, frames, tg_frames,
 frame_indices (original frame numbers), width, height, source_width, source_height, rgb_offsets,
 tg_offsets (frames + 1 and tg_frames + 1 integers), rgb_encoding, tg_encoding, format, format_version,
@@ -41,7 +45,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import simplejpeg
 
 import tgprep
 from tgprep import limits
@@ -51,9 +55,10 @@ FIELDS = ("cls", "json", "rgb", "tg")  # a sample's members; readers skip any ot
 FORMAT = "tgprep-sample"
 FORMAT_VERSION = 1
 TG_SCALE, TG_OFFSET = 1.0, -128.0  # d = stored * TG_SCALE + TG_OFFSET
+ENCODER = f"libjpeg-turbo via simplejpeg {simplejpeg.__version__}"
 TG_ENCODING = {"name": "jpeg-clip128", "sign": "next_minus_previous", "stored": "clip(d, -128, 127) + 128",
-               "scale": TG_SCALE, "offset": TG_OFFSET, "subsampling": "4:2:0"}
-RGB_SUBSAMPLING, TG_SUBSAMPLING = 0, 2  # Pillow's codes: 0 = 4:4:4, 2 = 4:2:0 (best per byte, BENCHMARKS.md)
+               "scale": TG_SCALE, "offset": TG_OFFSET, "subsampling": "4:2:0", "encoder": ENCODER}
+RGB_SUBSAMPLING, TG_SUBSAMPLING = "444", "420"  # best per byte for each (BENCHMARKS.md)
 # A payload past SPOOL_BYTES leaves memory for a temporary file in the output folder (not /tmp, often a RAM disk).
 # The file has no name where the file system allows (Linux's O_TMPFILE), so a killed worker leaves nothing;
 # elsewhere it is unlinked as soon as it is made, and its name matches the *.tar.tmp-* that a build's start-up
@@ -130,7 +135,7 @@ def make_sample(record, video: Video | VideoStream, *, fps: float | None, qualit
         "frames": len(indices), "tg_frames": len(tg.offsets) - 1, "frame_indices": indices,
         "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
         "rgb_offsets": rgb.offsets, "tg_offsets": tg.offsets,
-        "rgb_encoding": {"name": "jpeg", "quality": quality, "subsampling": "4:4:4"},
+        "rgb_encoding": {"name": "jpeg", "quality": quality, "subsampling": "4:4:4", "encoder": ENCODER},
         "tg_encoding": {**TG_ENCODING, "quality": quality},
         "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
     }
@@ -225,69 +230,61 @@ def read_cls(sample: dict, meta: dict) -> int:
     return meta["label"]
 
 
-def decode_frames(sample: dict, modality: str, indices, reduce: int = 1) -> np.ndarray:
+def decode_frames(sample: dict, modality: str, indices, reduce: int = 1, meta: dict | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """uint8 (n, h, w, 3) of the stored "rgb" or "tg" JPEGs at `indices`; reduce 2/4/8 decodes them smaller.
 
-    reduce uses libjpeg's DCT scaling (Pillow's draft mode): a loader whose crops are smaller than the
-    stored frames skips most of the decoding work. Sizes are then ceil(width / reduce) x ceil(height / reduce),
-    whatever the sides, as libjpeg rounds.
+    reduce uses libjpeg's DCT scaling: a loader whose crops are smaller than the stored frames skips most of
+    the decoding work. Sizes are then ceil(width / reduce) x ceil(height / reduce), whatever the sides, as
+    libjpeg rounds. meta: the sample's read_meta, when the caller has it already (it is not parsed again);
+    out: an array of that shape to decode into (a loader's reused buffer), returned.
     """
     if modality not in ("rgb", "tg") or reduce not in (1, 2, 4, 8):
         raise ValueError(f"modality must be rgb or tg and reduce 1, 2, 4 or 8, not {modality!r}, {reduce!r}")
-    meta = read_meta(sample)
+    meta = read_meta(sample) if meta is None else meta
     offsets, payload = meta[f"{modality}_offsets"], sample[modality]
     full = (meta["width"], meta["height"])
     width, height = _reduced(full, reduce)
-    out = np.empty((len(indices), height, width, 3), np.uint8)
+    shape = (len(indices), height, width, 3)
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out is {out.dtype} {out.shape}, not uint8 {shape}")
     for j, i in enumerate(indices):
         if not 0 <= i < len(offsets) - 1:
             raise SampleError(f"sample {sample['__key__']}: no {modality} frame {i} (it has {len(offsets) - 1})")
-        out[j] = _unjpeg(payload[offsets[i]:offsets[i + 1]], full, reduce, f"{sample['__key__']} {modality} frame {i}")
+        _unjpeg(payload[offsets[i]:offsets[i + 1]], full, reduce, out[j], f"{sample['__key__']} {modality} frame {i}")
     return out
 
 
-def _jpeg(image: np.ndarray, quality: int, subsampling: int) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, "JPEG", quality=quality, subsampling=subsampling)
-    return out.getvalue()
+def _jpeg(image: np.ndarray, quality: int, subsampling: str) -> bytes:
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality, "rgb", subsampling)
 
 
-def _unjpeg(data: bytes, full: tuple[int, int], reduce: int, what: str) -> np.ndarray:
-    """One stored JPEG as pixels, after checking its header against the .json (no surprise sizes)."""
+def _unjpeg(data, full: tuple[int, int], reduce: int, out: np.ndarray, what: str) -> None:
+    """One stored JPEG into out, (ceil(h / reduce), ceil(w / reduce), 3), once its header matches the .json.
+
+    Asking libjpeg-turbo for at least the rounded-up size picks the smallest DCT scale that gives it, and any
+    scale that gives at least ceil(side / reduce) with no more than 1 / reduce gives exactly that size: so
+    the size rule holds for every side, tiny ones included (tests/test_sample.py checks 1..64 x each reduce).
+    """
     size = _reduced(full, reduce)
     try:
-        image = Image.open(io.BytesIO(data), formats=["JPEG"])
-        if image.mode != "RGB" or image.size != full:
-            raise SampleError(f"{what}: a {image.mode} {image.size} image, expected RGB {full}")
-        if reduce > 1:
-            image = _draft(image, full, reduce)
-        pixels = np.asarray(image)
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if (width, height) != full or colorspace not in ("YCbCr", "RGB"):
+            raise SampleError(f"{what}: not a readable JPEG of {full[0]}x{full[1]}: its header says {width}x{height} "
+                              f"{colorspace}")
+        pixels = simplejpeg.decode_jpeg(data, "rgb", min_height=size[1], min_width=size[0], buffer=out)
     except SampleError:
         raise
-    except Exception as e:  # Pillow reports damaged data with many exception types
+    except ValueError as e:  # libjpeg-turbo's errors, damaged or truncated data among them
         raise SampleError(f"{what}: not a readable JPEG ({e})") from None
-    if pixels.shape != (size[1], size[0], 3):
-        raise SampleError(f"{what}: decodes to {pixels.shape}, expected {(size[1], size[0], 3)}")
-    return pixels
+    if pixels.shape != out.shape:
+        raise SampleError(f"{what}: decodes to {pixels.shape}, expected {out.shape}")
 
 
 def _reduced(full: tuple[int, int], reduce: int) -> tuple[int, int]:
     return -(-full[0] // reduce), -(-full[1] // reduce)
-
-
-def _draft(image: Image.Image, full: tuple[int, int], reduce: int) -> Image.Image:
-    """The JPEG decoded at 1 / reduce of its size, rounded up, as libjpeg's DCT scaling does.
-
-    draft() picks libjpeg's scale as min(width // asked_width, height // asked_height), so asking for the
-    rounded-up size of a side that reduce does not divide gets a smaller scale (a 230-pixel side asked at 58:
-    230 // 58 = 3, so scale 2, not 4). Asking for the rounded-down sizes gets the whole scale whenever both
-    sides are at least reduce; a shorter side still falls short, and Image.reduce finishes the job: it rounds
-    up too, and ceil(ceil(x / a) / b) == ceil(x / (a * b)).
-    """
-    image.draft("RGB", (max(1, full[0] // reduce), max(1, full[1] // reduce)))
-    # the largest scale that gives the size draft() chose (tiny sides give the same size at several scales)
-    done = next((s for s in (8, 4, 2) if s <= reduce and _reduced(full, s) == image.size), 1)
-    return image.reduce(reduce // done) if done < reduce else image
 
 
 def _check_offsets(key: str, modality: str, offsets, count: int, payload) -> None:

@@ -70,16 +70,17 @@ def square_box(height: int, width: int, where: float) -> tuple[int, int, int, in
 def resized_crop(frames: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool = False) -> np.ndarray:
     """(T, H, W, 3) -> (T, size, size, 3): the box (x0, y0, w, h) resized to size x size, mirrored when flip.
 
-    A box of the right size already is returned as a view; a flip is a reversed view too (a batch's stack
-    copies it anyway)."""
+    A box of the right size already is returned as a view of frames, unless flipped. Flips are copies made by
+    torch: numpy's reversed view is free here but makes the batch's stack 30x slower (13 ms per batch of 8)."""
     x0, y0, w, h = box
     crop = frames[:, y0:y0 + h, x0:x0 + w]
     if (h, w) != (size, size):
-        # torch's uint8 antialiased bilinear is Pillow's filter (within 1 grey level), ~9x faster than a loop of it
-        planar = torch.from_numpy(crop).permute(0, 3, 1, 2)  # a view: channels last in memory
+        # torch's uint8 antialiased bilinear is Pillow's filter (within 1 grey level), ~9x faster than a loop of it;
+        # its fast path wants channels-last memory, which a crop of a wider frame is not: 2.5x slower without it
+        planar = torch.from_numpy(crop).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         resized = F.interpolate(planar, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         crop = resized.permute(0, 2, 3, 1).numpy()
-    return crop[:, :, ::-1] if flip else crop
+    return torch.from_numpy(crop).flip(2).numpy() if flip else crop
 
 
 def crop_square(frames: np.ndarray, where: float, size: int) -> np.ndarray:

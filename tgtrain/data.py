@@ -79,12 +79,12 @@ def reduce_for(meta: dict, size: int, reduce: int | None) -> int:
     return choose_reduce(min(meta["width"], meta["height"]), size) if reduce is None else reduce
 
 
-def frames_at(sample: dict, modality: str, indices: np.ndarray, reduce: int) -> np.ndarray:
-    """The frames at indices; a short video's repeated frames are decoded once, then repeated."""
+def frames_at(sample: dict, meta: dict, modality: str, indices: np.ndarray, reduce: int) -> np.ndarray:
+    """The frames at indices (meta: the sample's, read once); a short video's repeated frames are decoded once."""
     unique, inverse = np.unique(indices, return_inverse=True)
     if len(unique) == len(indices):
-        return decode_frames(sample, modality, indices.tolist(), reduce)
-    return decode_frames(sample, modality, unique.tolist(), reduce)[inverse]
+        return decode_frames(sample, modality, indices.tolist(), reduce, meta)
+    return decode_frames(sample, modality, unique.tolist(), reduce, meta)[inverse]
 
 
 def parse(sample: dict, labeled: bool, classes: int | None = None) -> tuple[dict, int, int]:
@@ -161,11 +161,21 @@ def batched(items, size: int, partial: bool):
 
 def collate(clips: list[dict], arrays: tuple[str, ...]) -> dict:
     """One batch: arrays stacked into uint8 tensors, labels into int64 tensors, keys into a list."""
-    batch = {name: torch.from_numpy(np.stack([c[name] for c in clips])) for name in arrays}
+    batch = {name: stack([torch.from_numpy(c[name]) for c in clips]) for name in arrays}
     batch.update({name: torch.tensor([c[name] for c in clips], dtype=torch.int64)
                   for name in ("label", "true_label") if name in clips[0]})
     batch["key"] = [c["key"] for c in clips]
     return batch
+
+
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, in a DataLoader worker straight into shared memory, as torch's default collate does: the
+    worker would otherwise copy the whole batch there once more to hand it to the training process."""
+    out = None
+    if get_worker_info() is not None:
+        storage = tensors[0].untyped_storage()._new_shared(len(tensors) * tensors[0].nbytes)
+        out = tensors[0].new(storage).view(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors, out=out)
 
 
 def node() -> tuple[int, int]:
@@ -225,7 +235,7 @@ class TrainStream(IterableDataset):
                 raise SampleError(f"sample {sample['__key__']}: no frames")
             indices = train_indices(n, self.clip_len, self.interval, rng)
             reduce = reduce_for(meta, self.size, self.reduce)
-            frames = {m: frames_at(sample, m, indices, reduce) for m in self.modalities}
+            frames = {m: frames_at(sample, meta, m, indices, reduce) for m in self.modalities}
             # one box and one flip for RGB and TG, so the pair stays aligned
             box = crop_box(*frames[self.modalities[0]].shape[1:3], rng, self.area)
             flip = rng.random() < 0.5
@@ -289,7 +299,8 @@ class EvalStream(IterableDataset):
             indices = np.stack(test_indices(n, self.clip_len, self.interval, self.clips))
             # decode each distinct frame once for all clips, crop it once per position, gather with one copy
             unique, inverse = np.unique(indices, return_inverse=True)
-            frames = decode_frames(sample, self.modality, unique.tolist(), reduce_for(meta, self.size, self.reduce))
+            reduce = reduce_for(meta, self.size, self.reduce)
+            frames = decode_frames(sample, self.modality, unique.tolist(), reduce, meta)
             views = np.empty((len(self.positions), *indices.shape, self.size, self.size, 3), np.uint8)
             for view, position in zip(views, self.positions):
                 np.take(crop_square(frames, position, self.size), inverse.reshape(indices.shape), axis=0,
