@@ -31,8 +31,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/prep.py and bench/train_step.py, as modules
-import prep  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/corpus.py and bench/train_step.py, as modules
+import corpus  # noqa: E402
 from train_step import synthetic_batch  # noqa: E402
 
 from tgprep.build import build  # noqa: E402
@@ -87,7 +87,7 @@ def loader_speed(config, root: Path, workers: int, batches_per_worker: int) -> f
     dataset = json.loads((root / "dataset.json").read_text())
     total = batches_per_worker * workers + workers
     pairs = epoch_batches(replace(config, workers=workers), LTG, data.shard_urls(root, "labeled"),
-                          pool_shards(root, dataset), total, 0)
+                          pool_shards(root, dataset), total, 0, len(dataset["classes"]))
     for i, _ in enumerate(pairs):
         if i == workers - 1:  # every worker has delivered once: started and warm
             start = time.perf_counter()
@@ -100,7 +100,8 @@ def fed_speed(method, config, root: Path, device, autocast, workers: int, steps:
     config = replace(config, workers=workers)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=config.momentum)
     generator, stats = torch.Generator().manual_seed(0), StepStats()
-    pairs = epoch_batches(config, LTG, data.shard_urls(root, "labeled"), pool_shards(root, dataset), steps + workers, 0)
+    pairs = epoch_batches(config, LTG, data.shard_urls(root, "labeled"), pool_shards(root, dataset), steps + workers, 0,
+                          len(dataset["classes"]))
     for i, (labeled, unlabeled) in enumerate(pairs):
         if i == workers:
             stats.means()
@@ -164,7 +165,7 @@ def main() -> None:
             print(f"loader, {w} workers per stream: {loader[w]:.1f} clips/s", flush=True)
         chosen = next((w for w in workers if loader[w] >= step["clips_s"]), max(workers))
         fed = fed_speed(method, config, root, device, autocast, chosen, args.steps)
-    result = {"command": ["python", "bench/gpu.py", *sys.argv[1:]], "machine": prep.machine(),
+    result = {"command": ["python", "bench/gpu.py", *sys.argv[1:]], "machine": corpus.machine(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "preset": config.preset, "batch": config.batch_size, "crop": config.size, "load_size": config.load_size,
               "video_sizes": args.video_sizes, "step": step, "loader_clips_s": loader, "fed_workers": chosen,

@@ -1,14 +1,15 @@
-"""Where a build's time goes: milliseconds per frame for each stage of one in-process build (--workers 1).
+"""Where a build's time goes: milliseconds per frame for each stage of one in-process build.
 
 Run from the project root: python bench/stages.py [--short-side 0] [--repeats 3] [--work DIR]
 
 The corpus: the real HMDB-51, UCF-101 and Kinetics-400 clips of ../shared/realdata as a folder dataset of links.
-The build is tgprep.build.build() itself, with the function of each stage wrapped in a timer:
+The build is tgprep.build.build() itself, its shard tasks run in this process (not in worker processes, whose
+timers would be lost with them), with the function of each stage wrapped in a timer:
   decode     VideoStream._decode: demuxing and decoding one frame (PyAV, one thread)
   convert    VideoStream._convert: libswscale's YUV -> RGB conversion and resize in one pass, turned upright
   TG         sample.temporal_gradient and encode_tg's clip and shift: int16 arithmetic, no floats
-  RGB JPEG   sample._jpeg of the RGB frame (Pillow, 4:4:4)
-  TG JPEG    sample._jpeg of the stored TG frame (Pillow, 4:2:0)
+  RGB JPEG   sample._jpeg of the RGB frame (libjpeg-turbo through simplejpeg, 4:4:4)
+  TG JPEG    sample._jpeg of the stored TG frame (the same, 4:2:0)
   tar write  shards.add_sample: copying a sample's members into its tar
   other      the rest of build(): scanning, the plan, manifests, sidecars, Python between the stages
 Every figure is divided by the frames decoded (with no --fps, every frame is stored: TG has one frame fewer per
@@ -24,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import median
 
+import tgprep.build
 import tgprep.sample
 import tgprep.shards
 from tgprep.build import build
@@ -43,6 +45,13 @@ def corpus(work: Path) -> Path:
         if not link.exists():
             link.symlink_to(video)
     return root
+
+
+class InProcess:
+    """An executor that runs each shard task here, one after the other."""
+
+    def run(self, work, tasks: list, progress) -> list:
+        return [work(task, progress) for task in tasks]
 
 
 def instrument(seconds: dict) -> None:
@@ -65,6 +74,7 @@ def instrument(seconds: dict) -> None:
     jpeg_stage = {tgprep.sample.RGB_SUBSAMPLING: "RGB JPEG", tgprep.sample.TG_SUBSAMPLING: "TG JPEG"}
     tgprep.sample._jpeg = timed(tgprep.sample._jpeg, lambda image, quality, subsampling: jpeg_stage[subsampling])
     tgprep.shards.add_sample = timed(tgprep.shards.add_sample, lambda *_: "tar write")
+    tgprep.build.executor = lambda config: InProcess()
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from statistics import median
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/prep.py, imported as a module
-import prep  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/corpus.py, imported as a module
+import corpus  # noqa: E402
 
 from tgtrain.config import METHODS, make_config  # noqa: E402
 from tgtrain.engine import device_and_autocast  # noqa: E402
@@ -118,7 +118,7 @@ def combine(results: list[dict]) -> dict:
 
 
 def report(rows: list[dict]) -> None:
-    print("\nmachine: " + ", ".join(f"{k} {v}" for k, v in prep.machine().items()))
+    print("\nmachine: " + ", ".join(f"{k} {v}" for k, v in corpus.machine().items()))
     print("| device | preset | crop | method | clips/step | step s | clips/s | peak RSS MiB | CUDA peak MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -153,7 +153,7 @@ def main() -> None:
     rows = [combine(list(results)) for results in zip(*rounds)]
     report(rows)
     print(f"load average before the run: {load[0]:.2f}")
-    result = {"command": ["python", "bench/train_step.py", *sys.argv[1:]], "machine": prep.machine(),
+    result = {"command": ["python", "bench/train_step.py", *sys.argv[1:]], "machine": corpus.machine(),
               "torch": torch.__version__, "load_average_before": load, "settings": vars(args), "rows": rows,
               "rounds": rounds}
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")

@@ -25,6 +25,7 @@ from tests.test_build import moving_bar
 from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.video import encode_video
+from tgtrain import data as loading
 from tgtrain.cli import main
 from tgtrain.config import make_config, to_toml
 from tgtrain.engine import StepStats, learning_rate, to_device, train, train_step
@@ -393,3 +394,16 @@ def test_a_file_that_is_not_a_checkpoint(shards, tmp_path, content):
     out.mkdir()
     shutil.copy(ckpt, out / "last.pt")
     assert_one_line_error(tgtrain(*run_args(shards, out, "--resume")), "last.pt")
+
+
+def test_run_warns_once_when_the_step_waits_on_data(shards, tmp_path, capsys):
+    """With workers 0 the training process decodes its own batches, and a micro model's step is short: most of
+    each epoch waits on data, and the warning names --workers, once over the two epochs."""
+    train(micro(shards, tmp_path / "starved", method="supervised", workers=0))
+    err = capsys.readouterr().err
+    assert err.count("waited on data") == 1 and "--workers 0" in err, err
+
+
+def test_no_data_warning_below_a_fifth_of_the_epoch():
+    assert loading.starved(0.19, 1.0, 4) is None
+    assert "--workers 4" in loading.starved(0.21, 1.0, 4)

@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import numpy
 import PIL
+import simplejpeg
 from tqdm import tqdm
 
 import tgprep
@@ -224,7 +225,7 @@ def plan_digest(tasks: list[ShardTask]) -> str:
 
 def versions() -> dict:
     return {"tgprep": tgprep.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
-            "pillow": PIL.__version__, "av": av.__version__}
+            "pillow": PIL.__version__, "simplejpeg": simplejpeg.__version__, "av": av.__version__}
 
 
 def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -> None:

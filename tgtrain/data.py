@@ -23,6 +23,7 @@ are untrusted: they are parsed by tgprep.sample, never unpickled, and a malforme
 import mmap
 import os
 import tarfile
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -318,6 +319,35 @@ def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: in
     rank, then by worker: a rank or worker left without a shard yields nothing. classes: as for train_stream."""
     return EvalStream(urls, batch_size=batch_size, clip_len=clip_len, interval=interval, size=size,
                       reduce=reduce, clips=clips, crops=crops, modality=modality, classes=classes)
+
+
+class Timed:
+    """An iterable's items, adding up in `waited` how long each took to arrive: the time the training step
+    spent waiting on data."""
+
+    def __init__(self, items):
+        self.items, self.waited = items, 0.0
+
+    def __iter__(self):
+        items = iter(self.items)
+        while True:
+            start = time.perf_counter()
+            item = next(items, None)
+            self.waited += time.perf_counter() - start
+            if item is None:
+                return
+            yield item
+
+
+STARVED = 0.2  # of an epoch spent waiting on data, past which `tgtrain run` says so, once
+
+
+def starved(waited: float, seconds: float, workers: int) -> str | None:
+    """The warning for an epoch of `seconds` that waited `waited` on its batches, when that is over STARVED."""
+    if waited <= STARVED * seconds:
+        return None
+    return (f"warning: the training step waited on data for {waited / seconds:.0%} of the epoch; more loader "
+            f"processes would feed it faster: --workers {workers} now, up to one per free core (see README)")
 
 
 def loader(stream: IterableDataset, workers: int) -> DataLoader:

@@ -67,13 +67,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     clips_per_step = config.batch_size * world * (2 if method.uses_unlabeled else 1)
     peak_lr = config.lr * clips_per_step / config.lr_clips  # the reference's 0.2 is for 8 GPUs' clips per step
 
-    started = time.perf_counter()
+    started, warned = time.perf_counter(), False
     for epoch in range(state["epoch"], config.epochs):
         seed = config.seed * 100_003 + epoch * 1_009 + rank
         torch.manual_seed(seed)  # dropout and anything else on the global generator
         generator = torch.Generator().manual_seed(seed)  # augmentation parameters
         use_unlabeled = method.uses_unlabeled and epoch >= config.supervised_epochs
-        batches = epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes))
+        batches = data.Timed(epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes)))
         model.train()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
                    unit="step", dynamic_ncols=True)
@@ -89,6 +89,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 bar.set_postfix_str(f"loss {sums.latest('loss'):.3f} lr {lr:.4f} "
                                     f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s")
         bar.close()
+        note = data.starved(batches.waited, time.perf_counter() - tick, config.workers)
+        if note and rank == 0 and not warned:
+            print(note, file=sys.stderr)
+            warned = True
         record = {"epoch": epoch + 1, "lr": lr, **sums.means(),
                   "clips_per_s": clips_per_step * steps / (time.perf_counter() - tick)}
         precise_bn.average_across_ranks(method)
