@@ -69,7 +69,7 @@ def turbo() -> dict | None:
     try:
         import turbojpeg
         jpeg = turbojpeg.TurboJPEG()
-    except (ImportError, OSError, RuntimeError):
+    except Exception:  # not installed, or no libturbojpeg it can load: it says so in several ways
         return None
     sub = {"444": turbojpeg.TJSAMP_444, "420": turbojpeg.TJSAMP_420}
     return {"encode": lambda image, s: jpeg.encode(image, quality=QUALITY, pixel_format=turbojpeg.TJPF_RGB,
@@ -92,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     rgb, tg = frames(args.frames)
     codecs = {"Pillow": pillow(), "simplejpeg": simple(), "PyTurboJPEG": turbo()}
+    if codecs["PyTurboJPEG"] is None:
+        print("PyTurboJPEG skipped: not installed, or the system's libturbojpeg is missing or too old for it")
     codecs = {name: c for name, c in codecs.items() if c is not None}
     jpegs = [pillow()["encode"](x, "444") for x in rgb]
     reference = {r: [pillow()["decode"](j, r) for j in jpegs] for r in (1, 2, 4)}

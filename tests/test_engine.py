@@ -25,7 +25,7 @@ from tests.test_build import moving_bar
 from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.video import encode_video
-from tgtrain import data as loading
+from tgtrain import waiting
 from tgtrain.cli import main
 from tgtrain.config import make_config, to_toml
 from tgtrain.engine import StepStats, learning_rate, to_device, train, train_step
@@ -405,5 +405,5 @@ def test_run_warns_once_when_the_step_waits_on_data(shards, tmp_path, capsys):
 
 
 def test_no_data_warning_below_a_fifth_of_the_epoch():
-    assert loading.starved(0.19, 1.0, 4) is None
-    assert "--workers 4" in loading.starved(0.21, 1.0, 4)
+    assert waiting.starved(0.19, 1.0, 4) is None
+    assert "--workers 4" in waiting.starved(0.21, 1.0, 4)

@@ -22,8 +22,8 @@ below a TG derived at load time from the stored RGB JPEGs (0.78), for fewer byte
 (more PSNR per byte). No Huffman optimisation: -9 % bytes for +0.3 ms per image. See BENCHMARKS.md.
 
 The codec is libjpeg-turbo through simplejpeg, which encodes from numpy with a chosen subsampling and decodes with
-DCT scaling straight into a given array: 1.3x Pillow's speed encoding RGB, 1.7x TG, 1.6x decoding, the same pixels
-(bench/codec.py). Any baseline JPEG decoder reads the shards; the .json's encodings name the encoder.
+DCT scaling straight into a given array: 1.3x Pillow's speed encoding RGB and TG, 1.5x decoding, the same decoded
+pixels (bench/codec.py). Any baseline JPEG decoder reads the shards; the .json's encodings name the encoder.
 
 .json fields: dataset, path, class, label, split, fps (stored rate), source_fps, frames, tg_frames,
 frame_indices (original frame numbers), width, height, source_width, source_height, rgb_offsets,
@@ -230,14 +230,13 @@ def read_cls(sample: dict, meta: dict) -> int:
     return meta["label"]
 
 
-def decode_frames(sample: dict, modality: str, indices, reduce: int = 1, meta: dict | None = None,
-                  out: np.ndarray | None = None) -> np.ndarray:
+def decode_frames(sample: dict, modality: str, indices, reduce: int = 1, meta: dict | None = None) -> np.ndarray:
     """uint8 (n, h, w, 3) of the stored "rgb" or "tg" JPEGs at `indices`; reduce 2/4/8 decodes them smaller.
 
     reduce uses libjpeg's DCT scaling: a loader whose crops are smaller than the stored frames skips most of
     the decoding work. Sizes are then ceil(width / reduce) x ceil(height / reduce), whatever the sides, as
-    libjpeg rounds. meta: the sample's read_meta, when the caller has it already (it is not parsed again);
-    out: an array of that shape to decode into (a loader's reused buffer), returned.
+    libjpeg rounds. meta: the sample's read_meta, when the caller has it already (it is not parsed again).
+    Each frame decodes straight into its place in the returned array.
     """
     if modality not in ("rgb", "tg") or reduce not in (1, 2, 4, 8):
         raise ValueError(f"modality must be rgb or tg and reduce 1, 2, 4 or 8, not {modality!r}, {reduce!r}")
@@ -245,11 +244,7 @@ def decode_frames(sample: dict, modality: str, indices, reduce: int = 1, meta: d
     offsets, payload = meta[f"{modality}_offsets"], sample[modality]
     full = (meta["width"], meta["height"])
     width, height = _reduced(full, reduce)
-    shape = (len(indices), height, width, 3)
-    if out is None:
-        out = np.empty(shape, np.uint8)
-    elif out.shape != shape or out.dtype != np.uint8:
-        raise ValueError(f"out is {out.dtype} {out.shape}, not uint8 {shape}")
+    out = np.empty((len(indices), height, width, 3), np.uint8)
     for j, i in enumerate(indices):
         if not 0 <= i < len(offsets) - 1:
             raise SampleError(f"sample {sample['__key__']}: no {modality} frame {i} (it has {len(offsets) - 1})")
@@ -258,7 +253,10 @@ def decode_frames(sample: dict, modality: str, indices, reduce: int = 1, meta: d
 
 
 def _jpeg(image: np.ndarray, quality: int, subsampling: str) -> bytes:
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality, "rgb", subsampling)
+    # the decoder's padded rows go in as they are; only a turned frame (a rotated video) needs a copy
+    if image.strides[1:] != (3, 1):
+        image = np.ascontiguousarray(image)
+    return simplejpeg.encode_jpeg(image, quality, "rgb", subsampling)
 
 
 def _unjpeg(data, full: tuple[int, int], reduce: int, out: np.ndarray, what: str) -> None:

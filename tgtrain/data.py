@@ -15,6 +15,11 @@ The stages follow webdataset's, with two of its parts replaced, for measured rea
   are under torch.multiprocessing.spawn), and there torch.distributed is not initialised, so webdataset's
   split_by_node, which asks from inside the worker, gave every rank the same shards.
 
+Throughput, to size --workers (bench/loader.py, BENCHMARKS.md): one worker delivers about 80-120 training clips of
+8 RGB + 8 TG frames per CPU second from 240p shards with the weak view at 224, and 150-200 at 112 (DCT-scaled
+decoding); most of it is JPEG decoding (libjpeg-turbo), then the weak view's resize. A GPU that trains on C clips/s
+needs about C / 100 worker cores at 224.
+
 Training streams never end on their own: each rank yields exactly `epoch_batches` batches per pass, shared
 among its workers, so ranks under DDP take the same number of steps whatever the shard sizes. Shard bytes
 are untrusted: they are parsed by tgprep.sample, never unpickled, and a malformed sample raises SampleError.
@@ -23,7 +28,6 @@ are untrusted: they are parsed by tgprep.sample, never unpickled, and a malforme
 import mmap
 import os
 import tarfile
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -319,35 +323,6 @@ def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: in
     rank, then by worker: a rank or worker left without a shard yields nothing. classes: as for train_stream."""
     return EvalStream(urls, batch_size=batch_size, clip_len=clip_len, interval=interval, size=size,
                       reduce=reduce, clips=clips, crops=crops, modality=modality, classes=classes)
-
-
-class Timed:
-    """An iterable's items, adding up in `waited` how long each took to arrive: the time the training step
-    spent waiting on data."""
-
-    def __init__(self, items):
-        self.items, self.waited = items, 0.0
-
-    def __iter__(self):
-        items = iter(self.items)
-        while True:
-            start = time.perf_counter()
-            item = next(items, None)
-            self.waited += time.perf_counter() - start
-            if item is None:
-                return
-            yield item
-
-
-STARVED = 0.2  # of an epoch spent waiting on data, past which `tgtrain run` says so, once
-
-
-def starved(waited: float, seconds: float, workers: int) -> str | None:
-    """The warning for an epoch of `seconds` that waited `waited` on its batches, when that is over STARVED."""
-    if waited <= STARVED * seconds:
-        return None
-    return (f"warning: the training step waited on data for {waited / seconds:.0%} of the epoch; more loader "
-            f"processes would feed it faster: --workers {workers} now, up to one per free core (see README)")
 
 
 def loader(stream: IterableDataset, workers: int) -> DataLoader:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from tgprep import schema
 from tgprep.errors import UserError
-from tgtrain import data, precise_bn
+from tgtrain import data, precise_bn, waiting
 from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from tgtrain.config import PRESETS, TrainConfig, to_toml
 from tgtrain.curves import plot_curves
@@ -73,7 +73,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         torch.manual_seed(seed)  # dropout and anything else on the global generator
         generator = torch.Generator().manual_seed(seed)  # augmentation parameters
         use_unlabeled = method.uses_unlabeled and epoch >= config.supervised_epochs
-        batches = data.Timed(epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes)))
+        batches = waiting.Timed(epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes)))
         model.train()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
                    unit="step", dynamic_ncols=True)
@@ -89,7 +89,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 bar.set_postfix_str(f"loss {sums.latest('loss'):.3f} lr {lr:.4f} "
                                     f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s")
         bar.close()
-        note = data.starved(batches.waited, time.perf_counter() - tick, config.workers)
+        note = waiting.starved(batches.waited, time.perf_counter() - tick, config.workers)
         if note and rank == 0 and not warned:
             print(note, file=sys.stderr)
             warned = True
