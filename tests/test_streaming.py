@@ -146,6 +146,14 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def exited(pid: int) -> bool:
+    """Whether the process is gone or a zombie (which has closed its files)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def spools(pid: int, out: Path) -> bool:
     """Whether the process holds a spooled payload: an open file in out that has no name (or no longer has one)."""
     try:
@@ -163,8 +171,12 @@ def test_a_build_killed_while_spooling_leaves_only_names_the_next_build_removes(
     while not spooling and process.poll() is None and time.monotonic() < deadline:
         spooling = any(spools(pid, out) for pid in [process.pid, *children(process.pid)])
         time.sleep(0.002)
+    workers = children(process.pid)
     os.killpg(process.pid, signal.SIGKILL)  # the build and its worker
     process.wait()
+    deadline = time.monotonic() + 10
+    while not all(exited(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a dying worker still holds the build's lock (a descriptor it inherited)
     assert spooling, "the build ended before it spooled a payload"
     left = {p.name for p in out.iterdir()} - {".lock", "manifests", "dataset.json"}
     assert all(".tar.tmp-" in name for name in left), left  # what a build's start-up removes
