@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from tests.test_engine import one_thread  # noqa: F401  (autouse: one torch thread, as test_engine runs)
 from tgprep.build import build
 from tgprep.config import BuildConfig
-from tgprep.inspection import contact_sheet, verify
+from tgprep.inspection import contact_sheet
+from tgprep.verification import verify
 from tgprep.sample import read_meta
 from tgtrain.cli import main
 from tgtrain.clips import choose_reduce

@@ -29,6 +29,7 @@ from tgprep.sample import make_sample
 from tgprep.shards import SETS, ShardTask, finished, plan_shards, write_json_atomic, write_shard
 from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
 from tgprep.video import VideoStream
+from tgprep.video_sample import make_video_sample
 
 
 @dataclass
@@ -299,6 +300,8 @@ def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildC
         try:
             with VideoStream(root / record.path, config.short_side, config.timeout,
                              on_frames=lambda n: progress(("frames", n))) as video:
+                if config.store == "video":
+                    return make_video_sample(record, video, fps=config.fps, with_label=with_label, spool=out)
                 return make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label,
                                    spool=out)
         finally:
