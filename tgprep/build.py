@@ -163,7 +163,9 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
         previous = None
     if previous is not None and not config.overwrite:
         old = previous.get("config", {})
-        changed = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in config.identity().items() if old.get(k) != v]
+        # a setting added since that build was made had its default then
+        changed = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in config.identity().items()
+                   if old.get(k, getattr(BuildConfig, k, None)) != v]
         if not changed and previous.get("plan") != plan_digest(tasks):
             changed = ["the videos found (the plan of shards differs)"]
         if changed:
@@ -301,7 +303,8 @@ def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildC
             with VideoStream(root / record.path, config.short_side, config.timeout,
                              on_frames=lambda n: progress(("frames", n))) as video:
                 if config.store == "video":
-                    return make_video_sample(record, video, fps=config.fps, with_label=with_label, spool=out)
+                    return make_video_sample(record, video, fps=config.fps, with_label=with_label, spool=out,
+                                             keyframe_interval=config.keyframe_interval)
                 return make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label,
                                    spool=out)
         finally:
