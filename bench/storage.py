@@ -40,12 +40,13 @@ from tgtrain.data import tar_samples, train_stream
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "videos"
 CORPORA = {
-    "kinetics": [f"kinetics400/using_segway/{c}.mp4" for c in
-                 ("R6llTwEh07w_000000_000010", "SOX5yA1l24A_000299_000309", "WUzgd7C1pWA_000101_000111")] * 2,
+    "kinetics": [f"kinetics400/using_segway/{c}.mp4"
+                 for c in ("R6llTwEh07w_000000_000010", "SOX5yA1l24A_000299_000309", "WUzgd7C1pWA_000101_000111")] * 2,
     "hmdb-ucf": ["hmdb51/wave/RATRACE_wave_f_nm_np1_fr_goo_37.avi", "hmdb51/wave/TrumanShow_wave_f_nm_np1_fr_med_26.avi",
                  "hmdb51/wave/SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
                  "hmdb51/cartwheel/Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
-                 "ucf101/SoccerJuggling/v_SoccerJuggling_g23_c01.avi", "ucf101/SoccerJuggling/v_SoccerJuggling_g24_c01.avi"],
+                 "ucf101/SoccerJuggling/v_SoccerJuggling_g23_c01.avi",
+                 "ucf101/SoccerJuggling/v_SoccerJuggling_g24_c01.avi"],
 }
 WAYS = {"frames": dict(store="frames"), "frames --fps 7.5": dict(store="frames", fps=7.5),
         "video, keyframe every 8": dict(store="video", keyframe_interval=8),
@@ -160,7 +161,7 @@ def table(results: dict) -> str:
              "TG error | RGB error | build frames/s (decoded) | build CPU ms/frame |", "|" + " --- |" * 10]
     for (corpus, way), r in results.items():
         if way == "original files":
-            lines.append(f"| {corpus} | the original files | {r['bytes_per_video'] / 1e3:.0f} | 1.00 | - | - | - | - | - | - |")
+            lines.append(f"| {corpus} | the original files | {r['bytes_per_video'] / 1e3:.0f} | 1.00 |" + " - |" * 6)
             continue
         lines.append(f"| {corpus} | {way} | {r['bytes_per_video'] / 1e3:.0f} | {r['x_original']:.2f} | "
                      f"{r['clips_s']:.1f} | {r['clips_cpu_s']:.1f} ({r['cpu_vs_frames']:.2f}x) | {r['tg_error']:.2f} | "

@@ -161,8 +161,8 @@ def synth_command(out, workers, **knobs):
               type=Whole(min=1, max=100, fix="give a JPEG quality from 1 to 100, e.g. 90"))
 @click.option("--store", default=BuildConfig.store, type=click.Choice(["frames", "video"]), show_default=True,
               help="frames: every frame as RGB + TG JPEGs, the fastest to load (HMDB-51, UCF-101); video: the video "
-              "re-encoded as H.264 with TG computed at load, about 10x smaller and slower to load (Kinetics). "
-              "See BENCHMARKS.md.")
+              "re-encoded as H.264 with TG computed at load: a tenth of the bytes on Kinetics, for about twice the "
+              "loader's CPU per clip (Kinetics). See BENCHMARKS.md.")
 @click.option("--keyframe-interval", default=BuildConfig.keyframe_interval, show_default=True,
               help="--store video: a keyframe every this many frames; shorter loads faster, in more bytes.",
               type=Whole(min=1, max=300, fix="give frames between keyframes, e.g. 16"))

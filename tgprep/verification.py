@@ -84,7 +84,8 @@ def check_shard(tar_path: Path, classes: list[str] | None = None) -> list[str]:
 
 def check_sample(sample: dict, set_name: str, classes: list[str] | None = None) -> list[str]:
     """What is wrong with one sample: missing fields, bad metadata or label, a frame that does not decode."""
-    needed = ("json",) + (("mp4",) if is_video(sample) else ("rgb", "tg")) + (("cls",) if set_name in ("labeled", "val") else ())
+    kind = ("mp4",) if is_video(sample) else ("rgb", "tg")
+    needed = ("json", *kind) + (("cls",) if set_name in ("labeled", "val") else ())
     missing = [ext for ext in needed if ext not in sample]
     if missing:
         return [f"no .{', .'.join(missing)}"]

@@ -16,9 +16,9 @@ defines it: d = x[k + 1] - x[k] on the decoded uint8 frames, with k + 1 the next
 also under --fps, as the image clip(d, -128, 127) + 128 that frame samples store as JPEG. The frames are the
 re-encoded video's, so both RGB and TG carry the H.264 error (BENCHMARKS.md measures it), not the JPEG one.
 
-Bytes are deterministic: the ffmpeg program's libx264 in one thread (see _encoder_command), bit-exact muxing, no
-clock in the .json. Readers check the
-.json against tgprep.limits and the MP4's own header before decoding, and decode single-threaded.
+Bytes are deterministic: the ffmpeg program's libx264 in one thread (see _encoder_command), bit-exact muxing,
+no clock in the .json. Readers check the .json against tgprep.limits and the MP4's own header before decoding,
+and decode in-process with PyAV, single-threaded.
 """
 
 import io
@@ -41,9 +41,10 @@ from tgprep.video import Video, VideoStream, ffmpeg_exe
 KIND, FORMAT_VERSION = "video", 2
 ENCODER, PIX_FMT = "libx264", "yuv420p"
 # CRF 18 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking) and without B-frames (a
-# B-frame needs the later frame it refers to decoded first): 2.8x less decoding per clip than x264's defaults for
-# 1.2x the bytes, 1.9x the bytes of Kinetics' own files (BENCHMARKS.md). The keyframe interval (tgprep build
-# --keyframe-interval) trades bytes against the frames a clip decodes.
+# B-frame needs the later frame it refers to decoded first): 1.6x (Kinetics) to 2.6x (HMDB/UCF) the loader's
+# clips per CPU-second of x264's defaults, for 1.2x the bytes; 1.84x the bytes of Kinetics' own files
+# (BENCHMARKS.md). The keyframe interval (tgprep build --keyframe-interval) trades bytes against the frames a
+# clip decodes.
 CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 18, "medium", "fastdecode", 0, 16
 # An H.264 frame in an MP4 takes at least its 4-byte size entry and a few bytes of slice: a member of N bytes
 # holds at most N / MIN_FRAME_BYTES frames, whatever the .json says.
@@ -88,8 +89,8 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
         "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
         "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept,
         "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
-        "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES, "pix_fmt": PIX_FMT,
-                  "keyframe_interval": keyframe_interval, "time_base": time_base, "pts": pts,
+        "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
+                  "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval, "time_base": time_base, "pts": pts,
                   "keyframes": keyframes, "stored_indices": stored},
         "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
     }

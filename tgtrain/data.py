@@ -291,8 +291,9 @@ class EvalStream(IterableDataset):
             indices = np.stack(test_indices(n, self.clip_len, self.interval, self.clips))
             # decode each distinct frame once for all clips, crop it once per position, gather with one copy
             unique, inverse = np.unique(indices, return_inverse=True)
+            reduce = reduce_for(meta, self.size, self.reduce)
             frames = (clip_frames(sample, meta, unique, (self.modality,))[self.modality] if is_video(sample)
-                      else decode_frames(sample, self.modality, unique.tolist(), reduce_for(meta, self.size, self.reduce)))
+                      else decode_frames(sample, self.modality, unique.tolist(), reduce))
             views = np.empty((len(self.positions), *indices.shape, self.size, self.size, 3), np.uint8)
             for view, position in zip(views, self.positions):
                 np.take(crop_square(frames, position, self.size), inverse.reshape(indices.shape), axis=0,
