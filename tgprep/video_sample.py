@@ -316,6 +316,8 @@ def _checked_stream(container, meta: dict, count: int, key: str):
         raise SampleError(f"sample {key}: .mp4 header says {header[0]} {header[1]}x{header[2]}, {header[3]} frames; "
                           f"its .json says {expected[0]} {expected[1]}x{expected[2]}, {count} frames")
     stream.thread_count = 1  # loader workers are the parallelism
+    # a stream may change its size midway: the decoder refuses any frame past the bound before allocating it
+    stream.codec_context.options = {"max_pixels": str(limits.MAX_PIXELS)}
     return stream
 
 
