@@ -101,7 +101,7 @@ def fed_speed(method, config, root: Path, device, autocast, workers: int, steps:
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=config.momentum)
     generator, stats = torch.Generator().manual_seed(0), StepStats()
     pairs = epoch_batches(config, LTG, data.shard_urls(root, "labeled"), pool_shards(root, dataset), steps + workers, 0,
-                          len(dataset["classes"]))
+                         len(dataset["classes"]))
     for i, (labeled, unlabeled) in enumerate(pairs):
         if i == workers:
             stats.means()

@@ -12,8 +12,8 @@ from tests.test_engine import one_thread  # noqa: F401  (autouse: one torch thre
 from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.inspection import contact_sheet
-from tgprep.verification import verify
 from tgprep.sample import read_meta
+from tgprep.verification import verify
 from tgtrain.cli import main
 from tgtrain.clips import choose_reduce
 from tgtrain.data import shard_urls, tar_samples, train_stream

@@ -15,6 +15,7 @@ reason, and the shard is written without it (ShardTask.failed). Workers die with
 """
 
 import ctypes
+import faulthandler
 import multiprocessing
 import os
 import pickle
@@ -186,6 +187,7 @@ class _Pool:
 
 def _worker_main(conn, work, parent: int) -> None:
     _die_with_parent(parent)
+    faulthandler.disable()  # a crashed decoder is the parent's one line, not a dump of this process's stacks
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
