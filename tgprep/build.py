@@ -30,6 +30,7 @@ from tgprep.sample import make_sample
 from tgprep.shards import SETS, ShardTask, finished, plan_shards, write_json_atomic, write_shard
 from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
 from tgprep.video import VideoStream
+from tgprep.video_sample import make_video_sample
 
 
 @dataclass
@@ -163,7 +164,9 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
         previous = None
     if previous is not None and not config.overwrite:
         old = previous.get("config", {})
-        changed = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in config.identity().items() if old.get(k) != v]
+        # a setting added since that build was made had its default then
+        changed = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in config.identity().items()
+                   if old.get(k, getattr(BuildConfig, k, None)) != v]
         if not changed and previous.get("plan") != plan_digest(tasks):
             changed = ["the videos found (the plan of shards differs)"]
         if changed:
@@ -300,6 +303,9 @@ def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildC
         try:
             with VideoStream(root / record.path, config.short_side, config.timeout,
                              on_frames=lambda n: progress(("frames", n))) as video:
+                if config.store == "video":
+                    return make_video_sample(record, video, fps=config.fps, with_label=with_label, spool=out,
+                                             keyframe_interval=config.keyframe_interval)
                 return make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label,
                                    spool=out)
         finally:

@@ -159,6 +159,13 @@ def synth_command(out, workers, **knobs):
               type=Whole(min=0, fix="give the short side in pixels, e.g. 256, or 0 to keep the size"))
 @click.option("--quality", default=BuildConfig.quality, show_default=True, help="JPEG quality of stored frames.",
               type=Whole(min=1, max=100, fix="give a JPEG quality from 1 to 100, e.g. 90"))
+@click.option("--store", default=BuildConfig.store, type=click.Choice(["frames", "video"]), show_default=True,
+              help="frames: every frame as RGB + TG JPEGs, the fastest to load (HMDB-51, UCF-101); video: the video "
+              "re-encoded as H.264 with TG computed at load: a tenth of the bytes on Kinetics, for about twice the "
+              "loader's CPU per clip (Kinetics). See BENCHMARKS.md.")
+@click.option("--keyframe-interval", default=BuildConfig.keyframe_interval, show_default=True,
+              help="--store video: a keyframe every this many frames; shorter loads faster, in more bytes.",
+              type=Whole(min=1, max=300, fix="give frames between keyframes, e.g. 16"))
 @click.option("--videos-per-shard", default=BuildConfig.videos_per_shard, show_default=True,
               type=Whole(min=1, fix="give 1 or more videos per tar, e.g. 100"))
 @click.option("--timeout", default=BuildConfig.timeout, show_default=True,

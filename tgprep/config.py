@@ -27,6 +27,8 @@ class BuildConfig:
     fps: float | None = None          # keep this many frames per second; None keeps every frame
     short_side: int = 256             # resize so the short side is this (never upscaled); 0 keeps size
     quality: int = 90                 # JPEG quality of stored RGB and TG frames (see BENCHMARKS.md)
+    store: str = "frames"             # frames: RGB + TG JPEGs (tgprep.sample) | video: H.264, TG at load (video_sample)
+    keyframe_interval: int = 16       # video: frames per keyframe (BENCHMARKS.md: bytes against frames decoded per clip)
     videos_per_shard: int = 100       # videos per tar; ~100 HMDB-51 videos make a few hundred MB
     timeout: float = 300.0            # seconds one video may take to decode, and a worker may stay silent
     workers: int = 0                  # parallel processes; 0 = one per core
@@ -42,4 +44,5 @@ class BuildConfig:
 
     def identity(self) -> dict:
         """The settings a resumed build must share with the one that started the output."""
-        return {k: v for k, v in self.settings().items() if k not in LOCATION_FIELDS + ENGINE_FIELDS}
+        unused = ("keyframe_interval",) if self.store == "frames" else ()
+        return {k: v for k, v in self.settings().items() if k not in LOCATION_FIELDS + ENGINE_FIELDS + unused}

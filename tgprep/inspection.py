@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tgprep import limits, schema
 from tgprep.errors import UserError
-from tgprep.sample import FIELDS, SampleError, decode_frames, read_meta, tg_from_stored
+from tgprep.sample import FIELDS, SampleError, decode_frames, tg_from_stored
+from tgprep.video_sample import clip_frames, is_video, read_meta
 from tgprep.shards import SETS
 
 TILE_HEIGHT = 128   # contact-sheet frames are shrunk by a whole factor to at most this height
@@ -155,7 +156,7 @@ def summarize(paths: list[Path]) -> dict:
 
 def _empty_part() -> dict:
     return {"shards": 0, "unfinished": 0, "bytes": 0, "failures": 0, "classes": Counter(), "frames": [],
-            "rgb_bytes": 0, "tg_bytes": 0, "tg_frames": 0}
+            "rgb_bytes": 0, "tg_bytes": 0, "tg_frames": 0, "videos": 0}
 
 
 def _count(part: dict, key: str, tar_path: Path, data: dict, sizes: dict) -> None:
@@ -170,7 +171,8 @@ def _count(part: dict, key: str, tar_path: Path, data: dict, sizes: dict) -> Non
     part["classes"][meta["class"]] += 1
     part["frames"].append(frames)
     part["tg_frames"] += tg_frames
-    part["rgb_bytes"] += sizes.get("rgb", 0)
+    part["rgb_bytes"] += sizes.get("rgb", 0) + sizes.get("mp4", 0)  # a video sample's RGB is its .mp4
+    part["videos"] += "mp4" in sizes
     part["tg_bytes"] += sizes.get("tg", 0)
 
 
@@ -188,6 +190,7 @@ def _finish(part: dict) -> dict:
         "tg_bytes_per_frame": round(part["tg_bytes"] / max(part["tg_frames"], 1), 1),
         "bytes": part["bytes"],
         "failures": part["failures"],
+        "video_samples": part["videos"],
         "classes": dict(sorted(part["classes"].items())),
     }
 
@@ -207,6 +210,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{name:<10} {row['shards']:>6} {row['samples']:>8} {len(row['classes']):>7} {spread:>25} "
                      f"{row['rgb_bytes_per_frame']:>11.0f} {row['tg_bytes_per_frame']:>10.0f} "
                      f"{row['bytes'] / 1e6:>9.1f} {row['failures']:>6}")
+    if summary["total"]["video_samples"]:
+        lines.append(f"{summary['total']['video_samples']} samples hold video (.mp4, tgprep build --store video): "
+                     "their RGB B/frame is the video's bytes per frame, and their TG is computed at load")
     unfinished = summary["total"]["unfinished_shards"]
     if unfinished:
         lines.append(f"{unfinished} shards have no sidecar (unfinished): their failures are not counted")
@@ -276,8 +282,13 @@ def _sample_block(sample: dict, frames: int) -> Image.Image:
     meta = read_meta(sample)
     numbers = np.unique(np.linspace(0, meta["tg_frames"] - 1, frames).round().astype(int)).tolist()
     reduce = next(r for r in (1, 2, 4, 8) if meta["height"] / r <= TILE_HEIGHT or r == 8)  # libjpeg's cheap shrink
-    rgb = decode_frames(sample, "rgb", numbers, reduce=reduce)
-    tg = tg_from_stored(decode_frames(sample, "tg", numbers, reduce=reduce))
+    if is_video(sample):  # decoded at full size, then shrunk as libjpeg would
+        decoded = clip_frames(sample, meta, numbers)
+        rgb, tg = (np.stack([np.asarray(Image.fromarray(f).reduce(reduce)) for f in decoded[m]]) for m in ("rgb", "tg"))
+        tg = tg_from_stored(tg)
+    else:
+        rgb = decode_frames(sample, "rgb", numbers, reduce=reduce)
+        tg = tg_from_stored(decode_frames(sample, "tg", numbers, reduce=reduce))
     tg = np.clip(128 + TG_GAIN * tg, 0, 255).astype(np.uint8)
     font = ImageFont.load_default()
     text = f"{sample['__key__']}  class {meta['class']} ({meta['label']})  {meta['frames']} frames  RGB, TG x{TG_GAIN}"

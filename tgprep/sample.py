@@ -1,5 +1,10 @@
 """THE sample format: one video's RGB frames and temporal gradients as WebDataset fields, and back.
 
+Two kinds of sample, told apart by their members and their .json's format_version: the frame kind, here
+(format_version 1, `tgprep build --store frames`, the default: .rgb and .tg JPEGs, the fastest to load), and
+the video kind (format_version 2 with "kind": "video", `--store video`: one .mp4, TG computed at load; see
+tgprep.video_sample, whose read_meta reads either kind). What follows is the frame kind.
+
 A sample is one video:
   __key__  record.key, e.g. "hmdb51_wave_RATRACE_wave_f_nm_np1_fr_goo_37"
   .cls     b"<label>" (0-based), on labeled and val samples only
@@ -51,7 +56,7 @@ import tgprep
 from tgprep import limits
 from tgprep.video import Video, VideoStream
 
-FIELDS = ("cls", "json", "rgb", "tg")  # a sample's members; readers skip any other
+FIELDS = ("cls", "json", "mp4", "rgb", "tg")  # the members of both kinds (.mp4: video_sample); readers skip others
 FORMAT = "tgprep-sample"
 FORMAT_VERSION = 1
 TG_SCALE, TG_OFFSET = 1.0, -128.0  # d = stored * TG_SCALE + TG_OFFSET

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tgprep import limits, schema
 from tgprep.errors import UserError
-from tgprep.sample import FIELDS, SampleError, decode_frames, read_cls, read_meta
+from tgprep.sample import FIELDS, SampleError, decode_frames, read_cls
+from tgprep.video_sample import clip_frames, is_video, read_meta  # read_meta reads both kinds of sample
 from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
 
 FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
@@ -240,7 +241,8 @@ class TrainStream(IterableDataset):
                 raise SampleError(f"sample {sample['__key__']}: no frames")
             indices = train_indices(n, self.clip_len, self.interval, rng)
             reduce = reduce_for(meta, self.size, self.reduce)
-            frames = {m: frames_at(sample, meta, m, indices, reduce) for m in self.modalities}
+            frames = (clip_frames(sample, meta, indices, self.modalities) if is_video(sample)  # TG at load
+                      else {m: frames_at(sample, meta, m, indices, reduce) for m in self.modalities})
             # one box and one flip for RGB and TG, so the pair stays aligned
             box = crop_box(*frames[self.modalities[0]].shape[1:3], rng, self.area)
             flip = rng.random() < 0.5
@@ -305,7 +307,8 @@ class EvalStream(IterableDataset):
             # decode each distinct frame once for all clips, crop it once per position, gather with one copy
             unique, inverse = np.unique(indices, return_inverse=True)
             reduce = reduce_for(meta, self.size, self.reduce)
-            frames = decode_frames(sample, self.modality, unique.tolist(), reduce, meta)
+            frames = (clip_frames(sample, meta, unique, (self.modality,))[self.modality] if is_video(sample)
+                      else decode_frames(sample, self.modality, unique.tolist(), reduce, meta))
             views = np.empty((len(self.positions), *indices.shape, self.size, self.size, 3), np.uint8)
             for view, position in zip(views, self.positions):
                 np.take(crop_square(frames, position, self.size), inverse.reshape(indices.shape), axis=0,

@@ -1,0 +1,336 @@
+"""The video sample kind (`tgprep build --store video`): the video itself, re-encoded once, and TG at load.
+
+A video sample is one video:
+  __key__  as a frame sample's
+  .cls     b"<label>", on labeled and val samples only
+  .mp4     the kept frames (and, with --fps, each one's original next frame) as H.264 in an MP4, at the
+           build's short side, a keyframe every KEYFRAME_INTERVAL frames, no audio
+  .json    a frame sample's metadata (tgprep.sample) without the JPEG offsets, with format_version 2,
+           kind "video", and under "video" what a loader needs to seek: the stream's time_base, the pts of
+           every stored frame in presentation order, the positions of its keyframes, and stored_indices,
+           the original frame number of every stored frame.
+
+TG is not stored. A loader decodes each sampled frame and its next frame (seeking to the keyframe at or
+before them, so a clip decodes a few dozen frames, not the video) and computes TG exactly as the frame kind
+defines it: d = x[k + 1] - x[k] on the decoded uint8 frames, with k + 1 the next frame of the ORIGINAL video
+also under --fps, as the image clip(d, -128, 127) + 128 that frame samples store as JPEG. The frames are the
+re-encoded video's, so both RGB and TG carry the H.264 error (BENCHMARKS.md measures it), not the JPEG one.
+
+Bytes are deterministic: the ffmpeg program's libx264 in one thread (see _encoder_command), bit-exact muxing,
+no clock in the .json. Readers check the .json against tgprep.limits and the MP4's own header before decoding,
+and decode in-process with PyAV, single-threaded.
+"""
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+import tgprep
+from tgprep import limits
+from tgprep.sample import FORMAT, SPOOL_BYTES, SPOOL_PREFIX, SampleError, _candidates, select_frames
+from tgprep.sample import read_meta as read_frame_meta
+from tgprep.video import Video, VideoStream, ffmpeg_exe
+
+KIND, FORMAT_VERSION = "video", 2
+ENCODER, PIX_FMT = "libx264", "yuv420p"
+# CRF 18 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking) and without B-frames (a
+# B-frame needs the later frame it refers to decoded first): 1.6x (Kinetics) to 2.6x (HMDB/UCF) the loader's
+# clips per CPU-second of x264's defaults, for 1.2x the bytes; 1.84x the bytes of Kinetics' own files
+# (BENCHMARKS.md). The keyframe interval (tgprep build --keyframe-interval) trades bytes against the frames a
+# clip decodes.
+CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 18, "medium", "fastdecode", 0, 16
+# An H.264 frame in an MP4 takes at least its 4-byte size entry and a few bytes of slice: a member of N bytes
+# holds at most N / MIN_FRAME_BYTES frames, whatever the .json says.
+MIN_FRAME_BYTES = 8
+
+
+def is_video(sample: dict) -> bool:
+    """Whether a sample is of the video kind (it has an .mp4 member), not the frame kind (.rgb and .tg)."""
+    return "mp4" in sample
+
+
+# -- building -----------------------------------------------------------------------------------------------
+
+def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, with_label: bool,
+                      spool: Path | None = None, keyframe_interval: int = KEYFRAME_INTERVAL) -> dict:
+    """The video sample of one video (record: a tgprep.datasets.common.Record); frames pass one at a time.
+
+    The encoder writes into spool (a folder; None: the system's temporary folder). The .mp4 is bytes, or past
+    SPOOL_BYTES that file, rewound, its name already gone, as tgprep.sample.make_sample's payloads: the caller
+    closes it.
+    """
+    # The encoder writes a named file in the spool folder (an MP4 is finished by seeking back), whose name goes
+    # as soon as the encoder is done; a killed worker's leftover matches the *.tmp* a build's start-up removes.
+    fd, name = tempfile.mkstemp(dir=spool, prefix=SPOOL_PREFIX, suffix=".mp4")
+    file = os.fdopen(fd, "w+b")
+    try:
+        kept, stored = _encode(video, fps, keyframe_interval, name)
+        os.unlink(name)
+        time_base, pts, keyframes = _index(file)
+        if len(pts) != len(stored):
+            raise RuntimeError(f"the encoder wrote {len(pts)} frames of {len(stored)}")
+    except BaseException:
+        file.close()
+        if os.path.exists(name):
+            os.unlink(name)
+        raise
+    width, height = video.size
+    at = {k: p for p, k in enumerate(stored)}
+    meta = {
+        "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
+        "label": record.label, "split": record.split,
+        "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
+        "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept,
+        "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
+        "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
+                  "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval, "time_base": time_base, "pts": pts,
+                  "keyframes": keyframes, "stored_indices": stored},
+        "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
+    }
+    large = spool is not None and file.seek(0, io.SEEK_END) > SPOOL_BYTES
+    file.seek(0)
+    data = file if large else file.read()  # a small one leaves the disk at once
+    if not large:
+        file.close()
+    sample = {"__key__": record.key, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+              "mp4": data}
+    if with_label:
+        sample["cls"] = str(record.label).encode()
+    return sample
+
+
+def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tuple[list[int], list[int]]:
+    """Encode the kept frames and their original next frames into an MP4 at path; returns (kept, stored)
+    original frame numbers.
+
+    As tgprep.sample's _encode, a frame is decided when the next one arrives: it is stored when it is kept or
+    follows a kept frame; whether the last frame is kept only the end of the stream tells.
+    """
+    width, height = video.size
+    pad = ((0, coded_size(width, height)[1] - height), (0, coded_size(width, height)[0] - width), (0, 0))
+    encoder = subprocess.Popen(_encoder_command(video.fps, coded_size(width, height), keyframe_interval, path),
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def put(k: int, frame: np.ndarray) -> None:
+        encoder.stdin.write(np.pad(frame, pad, mode="edge") if pad[0][1] or pad[1][1] else np.ascontiguousarray(frame))
+        stored.append(k)
+
+    def finish() -> None:
+        errors = encoder.stderr.read().decode(errors="replace").strip()
+        if encoder.wait() != 0:
+            raise RuntimeError(f"the encoder failed: {errors.splitlines()[-1] if errors else encoder.returncode}")
+
+    try:
+        candidates = _candidates(video.fps, fps)
+        candidate, kept, stored, previous, count = next(candidates), [], [], None, 0
+        for k, frame in enumerate(video):
+            if k >= 1:
+                if k - 1 == candidate:
+                    kept.append(k - 1)
+                    candidate = next(candidates)
+                if kept and kept[-1] >= k - 2:  # previous (k - 1) is kept, or follows a kept frame
+                    put(k - 1, previous)
+            previous, count = frame, k + 1
+        if count and select_frames(count, video.fps, fps)[-1] == count - 1:
+            kept.append(count - 1)
+        if kept and kept[-1] >= count - 2:
+            put(count - 1, previous)
+        encoder.stdin.close()
+        finish()
+    except BrokenPipeError:  # the encoder stopped: say why
+        finish()
+        raise
+    finally:
+        if encoder.poll() is None:
+            encoder.kill()
+            encoder.wait()
+    return kept, stored
+
+
+def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, path: str) -> list[str]:
+    """The ffmpeg program encoding raw RGB frames from its stdin into an MP4 at path.
+
+    The program, not PyAV in-process: PyAV's bundled libx264 gave other bytes on reruns of the same frames (6 hashes
+    in 6 encodes of one 192x128 clip, whatever its thread settings), the ffmpeg program the same bytes every time.
+    One thread and bit-exact flags make the bytes depend only on the frames and the ffmpeg version.
+    """
+    rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+    return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", str(rate), "-i", "pipe:",
+            "-c:v", ENCODER, "-preset", PRESET, "-tune", TUNE, "-bf", str(B_FRAMES), "-crf", str(CRF),
+            "-pix_fmt", PIX_FMT, "-threads", "1",
+            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0",
+            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-f", "mp4", path]
+
+
+def coded_size(width: int, height: int) -> tuple[int, int]:
+    """The even size that 4:2:0 H.264 codes a width x height video at: an odd side gets one more line, a copy
+    of the last, which the reader crops off again."""
+    return width + width % 2, height + height % 2
+
+
+def _index(file) -> tuple[list[int], list[int], list[int]]:
+    """(time_base, pts of every frame in presentation order, positions of the keyframes) of an encoded MP4,
+    read from its packets (no decoding)."""
+    file.seek(0)
+    with av.open(file, "r", format="mp4") as container:
+        stream = container.streams.video[0]
+        packets = sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.size)
+        time_base = [stream.time_base.numerator, stream.time_base.denominator]
+    return time_base, [pts for pts, _ in packets], [i for i, (_, key) in enumerate(packets) if key]
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+def read_meta(sample: dict, classes: int | None = None) -> dict:
+    """The checked .json of a sample of either kind: tgprep.sample.read_meta's for frame samples; for video
+    samples every count and index checked against the .mp4's size and tgprep.limits (and the label against
+    `classes`) before anything is allocated from it. SampleError says what is wrong."""
+    if not is_video(sample):
+        return read_frame_meta(sample, classes)
+    key = sample.get("__key__", "?")
+    if "json" not in sample:
+        raise SampleError(f"sample {key}: no .json member")
+    try:
+        meta = limits.parse_json(sample["json"], limits.MAX_SAMPLE_JSON_BYTES, depth=None)
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != KIND:
+            raise SampleError(f"sample {key}: has an .mp4 but is not a tgprep video sample "
+                              f"(format version {FORMAT_VERSION}, kind {KIND!r})")
+        _check(meta, len(sample["mp4"]), classes)
+    except ValueError as e:
+        raise e if isinstance(e, SampleError) else SampleError(f"sample {key}: .json {e}") from None
+    return meta
+
+
+def _check(meta: dict, size: int, classes: int | None) -> None:
+    """ValueError unless the video fields are sane for an .mp4 of `size` bytes."""
+    video = meta.get("video")
+    if not isinstance(video, dict):
+        raise ValueError("has no 'video' object")
+    most = size // MIN_FRAME_BYTES
+    for name in ("pts", "keyframes", "stored_indices"):
+        if not isinstance(video.get(name), list) or len(video[name]) > most:
+            raise ValueError(f"video {name!r} is not a list of at most {most} numbers (the .mp4's bytes allow)")
+    stored, pts, keys = (np.array(video[n], dtype=object) for n in ("stored_indices", "pts", "keyframes"))
+    for name, values in (("stored_indices", stored), ("pts", pts), ("keyframes", keys)):
+        if not all(type(v) is int and 0 <= v < 1 << 62 for v in values) or np.any(np.diff(values) <= 0):
+            raise ValueError(f"video {name!r} is not increasing whole numbers")
+    limits.count(meta.get("frames"), "field 'frames'", 1, len(stored))
+    limits.count(meta.get("tg_frames"), "field 'tg_frames'", 0, meta["frames"])
+    for field in ("width", "height"):
+        limits.count(meta.get(field), f"field {field!r}", 1, limits.MAX_SIDE)
+    limits.count(meta.get("label"), "field 'label'", 0, (classes or limits.MAX_CLASSES) - 1)
+    if meta["width"] * meta["height"] > limits.MAX_PIXELS:
+        raise ValueError(f"frames of {meta['width']}x{meta['height']} are over the limit of {limits.MAX_PIXELS} pixels")
+    kept = meta.get("frame_indices")
+    if not isinstance(kept, list) or len(kept) != meta["frames"] or not all(type(k) is int for k in kept):
+        raise ValueError("'frame_indices' is not one whole number per frame")
+    if len(pts) != len(stored) or not len(keys) or keys[0] != 0 or keys[-1] >= len(stored):
+        raise ValueError("video pts, keyframes and stored_indices do not describe the same frames")
+    positions = np.searchsorted(np.array(video["stored_indices"]), kept)
+    if np.any(positions >= len(stored)) or np.any(stored[positions] != np.array(kept, dtype=object)):
+        raise ValueError("'frame_indices' are not all stored frames")
+    tg = positions[:meta["tg_frames"]]
+    if meta["tg_frames"] and (tg[-1] + 1 >= len(stored) or np.any(stored[tg + 1] != stored[tg] + 1)):
+        raise ValueError("a TG frame's next frame is not stored")
+    video["positions"] = positions.tolist()  # where each kept frame lies among the stored ones
+
+
+def clip_frames(sample: dict, meta: dict, indices, modalities=("rgb", "tg")) -> dict[str, np.ndarray]:
+    """{"rgb", "tg": uint8 (len(indices), H, W, 3)} of the kept frames at `indices` (meta from read_meta):
+    the decoded frames, and TG as the image clip(next - frame, -128, 127) + 128 that frame samples store."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= meta["frames"]):
+        raise SampleError(f"sample {sample['__key__']}: no frame {int(indices.max())} (it has {meta['frames']})")
+    if "tg" in modalities and len(indices) and indices.max() >= meta["tg_frames"]:
+        raise SampleError(f"sample {sample['__key__']}: no TG frame {int(indices.max())} "
+                          f"(it has {meta['tg_frames']})")
+    at = np.asarray(meta["video"]["positions"])[indices]
+    wanted = at if "tg" not in modalities else np.concatenate([at, at + 1])
+    unique, inverse = np.unique(wanted, return_inverse=True)
+    frames = decode_positions(sample, meta, unique.tolist())[inverse]
+    out = {}
+    if "rgb" in modalities:
+        out["rgb"] = frames[:len(at)]
+    if "tg" in modalities:
+        out["tg"] = tg_image(frames[:len(at)], frames[len(at):])
+    return out
+
+
+def tg_image(frames: np.ndarray, next_frames: np.ndarray) -> np.ndarray:
+    """clip(next - frame, -128, 127) + 128 as uint8: the image a frame sample stores (tgprep.sample.encode_tg)."""
+    stored = np.empty(frames.shape, np.uint8)
+    np.clip(np.subtract(next_frames, frames, dtype=np.int16), -128, 127, out=stored, casting="unsafe")
+    stored ^= 128  # two's complement bytes with the top bit flipped: + 128
+    return stored
+
+
+def decode_positions(sample: dict, meta: dict, positions: list[int]) -> np.ndarray:
+    """uint8 (n, H, W, 3) RGB of the stored frames at increasing `positions`, each run of them decoded from
+    the keyframe at or before it (or onward from the last frame decoded, when that is nearer)."""
+    key, video = sample["__key__"], meta["video"]
+    pts, keyframes = video["pts"], np.asarray(video["keyframes"])
+    out = np.empty((len(positions), meta["height"], meta["width"], 3), np.uint8)
+    try:
+        with av.open(io.BytesIO(sample["mp4"]), "r", format="mp4") as container:
+            stream = _checked_stream(container, meta, len(pts), key)
+            position_of = {p: i for i, p in enumerate(pts)}
+            frames, cursor = None, -1
+            for j, target in enumerate(positions):
+                keyframe = int(keyframes[np.searchsorted(keyframes, target, side="right") - 1])
+                if frames is None or target <= cursor or keyframe > cursor:
+                    container.seek(pts[keyframe], stream=stream, backward=True, any_frame=False)
+                    frames, cursor = container.decode(stream), keyframe - 1
+                while cursor < target:
+                    frame = next(frames, None)
+                    if frame is None or position_of.get(frame.pts, -1) <= cursor:
+                        raise SampleError(f"sample {key}: .mp4 frame {target} is not where its .json says")
+                    cursor = position_of[frame.pts]
+                if cursor != target:
+                    raise SampleError(f"sample {key}: .mp4 has no frame at pts {pts[target]}")
+                out[j] = frame.to_ndarray(format="rgb24")[:meta["height"], :meta["width"]]
+    except SampleError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError, StopIteration) as e:
+        raise SampleError(f"sample {key}: .mp4 does not decode ({e}); the member is damaged or truncated") from None
+    return out
+
+
+def _checked_stream(container, meta: dict, count: int, key: str):
+    """The MP4's one video stream, once its own header agrees with the .json (codec, size, frame count)."""
+    streams = container.streams.video
+    if len(container.streams) != 1 or len(streams) != 1:
+        raise SampleError(f"sample {key}: .mp4 holds {len(container.streams)} streams, "
+                          "not one video stream")
+    stream = streams[0]
+    header = (stream.codec_context.name, stream.codec_context.width, stream.codec_context.height, stream.frames)
+    expected = ("h264", *coded_size(meta["width"], meta["height"]), count)
+    if header != expected:
+        raise SampleError(f"sample {key}: .mp4 header says {header[0]} {header[1]}x{header[2]}, {header[3]} frames; "
+                          f"its .json says {expected[0]} {expected[1]}x{expected[2]}, {count} frames")
+    stream.thread_count = 1  # loader workers are the parallelism
+    # a stream may change its size midway: the decoder refuses any frame past the bound before allocating it
+    stream.codec_context.options = {"max_pixels": str(limits.MAX_PIXELS)}
+    return stream
+
+
+def check_decodes(sample: dict, meta: dict) -> None:
+    """Decode every frame of a video sample (meta from read_meta), one at a time, and check that the frames
+    are the ones its .json lists; SampleError otherwise. For `tgprep verify`."""
+    key, pts = sample["__key__"], meta["video"]["pts"]
+    try:
+        with av.open(io.BytesIO(sample["mp4"]), "r", format="mp4") as container:
+            found = [frame.pts for frame in container.decode(_checked_stream(container, meta, len(pts), key))]
+    except SampleError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise SampleError(f"sample {key}: .mp4 does not decode ({e}); the member is damaged or truncated") from None
+    if found != pts:
+        raise SampleError(f"sample {key}: .mp4 decodes to {len(found)} frames, not the {len(pts)} its .json lists")
