@@ -47,6 +47,9 @@ def datasets():
 @click.option("--noise", default=synth.SynthConfig.noise, show_default=True, help="Pixel noise level.")
 @click.option("--distractors", default=synth.SynthConfig.distractors, show_default=True,
               help="Moving objects whose motion says nothing about the class.")
+@click.option("--speed", default=synth.SynthConfig.speed, show_default=True, help="Every motion's rate, scaled.")
+@click.option("--plain/--varied-looks", default=synth.SynthConfig.plain, show_default=True,
+              help="One look for every video, or colours and backgrounds drawn per video.")
 @click.option("--fps", default=synth.SynthConfig.fps, show_default=True, help="Frame rate written in the files.")
 @click.option("--seed", default=synth.SynthConfig.seed, show_default=True, help="Same seed, same bytes.")
 @click.option("--workers", default=0, help="Processes; 0 = one per core.")
