@@ -117,14 +117,18 @@ def table(rows: list[dict]) -> str:
     """The markdown table: per (ratio, method) the last and best epoch's val top-1 over seeds, and minutes."""
     order = {m: i for i, m in enumerate((*METHODS, "probe"))}
     keys = sorted({(r["ratio"], r["method"]) for r in rows}, key=lambda k: (k[1] == "probe", -k[0], order[k[1]]))
-    lines = ["| labeled | method | last epoch | best epoch | minutes per run |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| labeled | method | last epoch | best epoch | minutes per run (CPU minutes) |", "| --- | --- | --- | --- | --- |"]
     for ratio, method in keys:
         runs = [r for r in rows if (r["ratio"], r["method"]) == (ratio, method)]
         last = cell([r["last_top1"] for r in runs])
         if method == "ltg" and runs[0].get("last_top1_tg") is not None:
             last += f" (TG {statistics.mean(r['last_top1_tg'] for r in runs):.1f})"
         best = cell([r["best_top1"] for r in runs]) if runs[0]["best_top1"] is not None else "-"
-        minutes = f"{statistics.mean(r['minutes'] for r in runs):.1f}" if runs[0]["minutes"] is not None else "-"
+        minutes = "-"
+        if runs[0]["minutes"] is not None:
+            minutes = f"{statistics.mean(r['minutes'] for r in runs):.1f}"
+            if runs[0].get("cpu_minutes") is not None:
+                minutes += f" ({statistics.mean(r['cpu_minutes'] for r in runs):.1f} CPU)"
         name = "single-frame 2D probe" if method == "probe" else method
         lines.append(f"| {ratio * 100:.0f} % | {name} | {last} | {best} | {minutes} |")
     return "\n".join(lines)
