@@ -139,29 +139,37 @@ def test_a_second_build_into_the_same_output_is_refused(folder_dataset, tmp_path
             build(config(folder_dataset, tmp_path))
 
 
-def test_killed_build_resumes_to_the_same_samples(tmp_path):
+def test_a_build_killed_at_ten_random_moments_ends_byte_identical(tmp_path):
+    """SIGKILL to the whole build (parent and workers) at 10 seeded moments of its course, a rerun after each:
+    every finished shard is always the reference's, and the last run completes it without a stray file."""
     root = tmp_path / "videos"
     for c in range(2):
         (root / f"c{c}").mkdir(parents=True)
-        for i in range(8):
-            encode_video(root / f"c{c}" / f"v{i}.avi", moving_bar(90, seed=c * 10 + i, size=(320, 240)), fps=25)
+        for i in range(12):
+            encode_video(root / f"c{c}" / f"v{i}.avi", moving_bar(320, seed=c * 20 + i, size=(427, 240)), fps=25)
     command = [sys.executable, "-m", "tgprep.cli", "build", "--dataset", "folder", "--root", str(root),
-               "--ratio", "0.5", "--videos-per-shard", "1", "--workers", "1", "--short-side", "0"]
-    reference = tmp_path / "reference"
+               "--ratio", "0.5", "--videos-per-shard", "2", "--workers", "2", "--short-side", "0"]
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    start = time.monotonic()
     subprocess.run(command + ["--out", str(reference)], check=True, capture_output=True)
+    moments = np.sort(np.random.default_rng(10).uniform(0, time.monotonic() - start, 10))
 
-    out = tmp_path / "killed"
-    process = subprocess.Popen(command + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(list(out.glob("*-*.json"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert len(list(out.glob("*.tar"))) < len(list(reference.glob("*.tar"))), "killed too late to test anything"
+    for wait in np.diff(moments, prepend=0.0):
+        process = subprocess.Popen(command + ["--out", str(out)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(wait)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for sidecar in out.glob("*-*.json"):  # a shard with a sidecar is done, and exactly the reference's
+            tar = sidecar.with_suffix(".tar")
+            assert tar.read_bytes() == (reference / tar.name).read_bytes()
+    assert len(list(out.glob("*-*.json"))) < len(list(reference.glob("*-*.json"))), "killed too late to test much"
 
     subprocess.run(command + ["--out", str(out)], check=True, capture_output=True)
-    assert tar_members(out) == tar_members(reference)
-    assert not list(out.glob("*.tmp*"))
+    names = sorted(p.name for p in reference.iterdir() if p.is_file())
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == names  # and no temporary file
+    for name in set(names) - {"dataset.json"}:  # which records the command, --out and all
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def test_missing_videos_stop_the_build_unless_allowed(real_videos, real_annotations, tmp_path):

@@ -11,7 +11,8 @@ import pytest
 from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.errors import UserError
-from tgprep.inspection import ShardError, contact_sheet, format_summary, iter_samples, shard_paths, summarize, verify
+from tgprep.inspection import ShardError, contact_sheet, format_summary, iter_samples, shard_paths, summarize
+from tgprep.verification import verify
 from tgprep.shards import file_sha256
 from tgprep.video import encode_video
 

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from tests.test_engine import one_thread  # noqa: F401  (autouse: one torch thread, as test_engine runs)
 from tgprep.build import build
 from tgprep.config import BuildConfig
-from tgprep.inspection import contact_sheet, verify
+from tgprep.inspection import contact_sheet
 from tgprep.sample import read_meta
+from tgprep.verification import verify
 from tgtrain.cli import main
 from tgtrain.clips import choose_reduce
 from tgtrain.data import shard_urls, tar_samples, train_stream
@@ -71,7 +72,7 @@ def test_the_trainer_decodes_odd_widths_reduced(builds, short_side, size):
 def test_tgtrain_run_trains_an_epoch_on_them(builds, size, load_size, tmp_path):
     assert {choose_reduce(100, size), choose_reduce(100, load_size)} == {2 if size == 48 else 4}
     settings = tmp_path / "sizes.toml"
-    settings.write_text(f"size = {size}\nload_size = {load_size}\nclip_len = 4\nbatch_size = 2\n")
+    settings.write_text(f"size = {size}\nload_size = {load_size}\nclip_len = 4\nbatch_size = 2\nsupervised_epochs = 0\n")
     result = CliRunner().invoke(main, ["run", "--preset", "tiny", "--config", str(settings), "--data", str(builds[100]),
                                        "--out", str(tmp_path / "run"), "--epochs", "1", "--workers", "0"])
     assert result.exit_code == 0, result.output

@@ -142,20 +142,31 @@ build(BuildConfig(dataset="folder", root=sys.argv[1], out=sys.argv[2], ratio=1.0
 """
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def spools(pid: int, out: Path) -> bool:
+    """Whether the process holds a spooled payload: an open file in out that has no name (or no longer has one)."""
+    try:
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # the process ended, or a descriptor closed while we looked
+        return False
+    return any(t.startswith(f"{out}/") and t.endswith("(deleted)") for t in targets)
+
+
 def test_a_build_killed_while_spooling_leaves_only_names_the_next_build_removes(tmp_path):
     root, out = tmp_path / "root", tmp_path / "out"
     pattern_video(root / "c" / "long.avi", 1500, "160x120")
-    process = subprocess.Popen([sys.executable, "-c", KILLED, str(root), str(out)])
+    process = subprocess.Popen([sys.executable, "-c", KILLED, str(root), str(out)], start_new_session=True)
     spooling, deadline = False, time.monotonic() + 60
     while not spooling and process.poll() is None and time.monotonic() < deadline:
-        try:  # a spooled payload: an open file in out that has no name (or no longer has one)
-            fds = os.listdir(f"/proc/{process.pid}/fd")
-            spooling = any(os.readlink(f"/proc/{process.pid}/fd/{fd}").startswith(f"{out}/")
-                           and os.readlink(f"/proc/{process.pid}/fd/{fd}").endswith("(deleted)") for fd in fds)
-        except OSError:  # a descriptor closed while we looked
-            pass
+        spooling = any(spools(pid, out) for pid in [process.pid, *children(process.pid)])
         time.sleep(0.002)
-    os.kill(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)  # the build and its worker
     process.wait()
     assert spooling, "the build ended before it spooled a payload"
     left = {p.name for p in out.iterdir()} - {".lock", "manifests", "dataset.json"}

@@ -5,15 +5,13 @@ import hashlib
 import json
 import os
 import platform
-import queue
 import shutil
+import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import Queue
 from pathlib import Path
 
 import av
@@ -22,10 +20,11 @@ import PIL
 from tqdm import tqdm
 
 import tgprep
-from tgprep import datasets, synth
+from tgprep import datasets, schema, synth
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import Listing, Record
-from tgprep.errors import MissingVideosError, UserError
+from tgprep.errors import MissingVideosError, UserError, disk_full
+from tgprep.executor import LocalExecutor, WorkerError
 from tgprep.sample import make_sample
 from tgprep.shards import SETS, ShardTask, finished, plan_shards, write_json_atomic, write_shard
 from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
@@ -47,7 +46,8 @@ class BuildReport:
 
     @property
     def videos(self) -> int:
-        return len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val) + len(self.listing.missing)
+        return (len(self.splits.labeled) + len(self.splits.unlabeled) + len(self.splits.val)
+                + len(self.listing.missing) + len(self.listing.unusable))
 
 
 def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
@@ -57,6 +57,20 @@ def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
         config.root = str(default_synthetic_root())
         synth.generate(Path(config.root), synth.SynthConfig())
     out = Path(config.out)
+    try:
+        report = _build(config, out, command)
+    except WorkerError as e:
+        if isinstance(e.error, OSError):
+            raise stopped(out, e.error) from None
+        e.error.add_note(f"raised in a worker:\n{e.trace}")  # a bug, not the machine: keep its traceback
+        raise e.error from None
+    except OSError as e:
+        raise stopped(out, e) from None
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _build(config: BuildConfig, out: Path, command: list[str] | None) -> BuildReport:
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         listing = datasets.scan(config)
@@ -70,8 +84,17 @@ def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
         if not config.dry_run:
             run_plan(report, tasks, config)
             finish_output(report, config, command, tasks)
-    report.seconds = time.perf_counter() - start
     return report
+
+
+def stopped(out: Path, error: OSError) -> UserError:
+    """The one line for a build stopped by its output's file system (a full disk above all)."""
+    if not disk_full(error):
+        return UserError(f"{out}: could not write the output: {error}")
+    tars = [p for p in out.glob("*.tar") if p.with_suffix(".json").is_file()]
+    return UserError(f"{out}: {error.strerror}, with {len(tars)} shard{'' if len(tars) == 1 else 's'} "
+                     f"({sum(p.stat().st_size for p in tars) / 1e6:.1f} MB) written; "
+                     "free some space there and run the same command again to resume")
 
 
 def default_synthetic_root() -> Path:
@@ -129,8 +152,13 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
     """Resume what this output holds if it was made by the same settings; refuse otherwise, or --overwrite.
     Returns whether the output already holds this very build, complete."""
     try:
-        previous = json.loads((out / "dataset.json").read_text())
-    except (OSError, ValueError):
+        previous = schema.read_dataset(out / "dataset.json")
+    except FileNotFoundError:
+        previous = None
+    except (OSError, ValueError) as e:
+        if not config.overwrite:
+            raise UserError(f"{out / 'dataset.json'}: {e}; use --overwrite to rebuild this output, "
+                            "or another --out") from None
         previous = None
     if previous is not None and not config.overwrite:
         old = previous.get("config", {})
@@ -142,14 +170,20 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
                             "use another --out, or --overwrite to replace it")
     if config.overwrite and not config.dry_run:
         clear_output(out)
-    for stale in out.glob("*.tar.tmp-*"):  # left by a killed run
-        stale.unlink()
+    remove_temporaries(out)  # left by a killed run
     return previous is not None and not config.overwrite and previous.get("status") == "complete"
+
+
+def remove_temporaries(out: Path) -> None:
+    """Half-written files (tars, spooled payloads, JSON) of a run that was killed or stopped; only ever
+    called under the output lock, when no worker of ours is left."""
+    for stale in out.glob("*.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def clear_output(out: Path) -> None:
     """Remove what a build writes, and nothing else."""
-    for pattern in ("*.tar", "*.tar.tmp-*", "labeled-*.json", "unlabeled-*.json", "val-*.json",
+    for pattern in ("*.tar", "*.tmp*", "labeled-*.json", "unlabeled-*.json", "val-*.json",
                     "failures.jsonl", "missing.txt", "dataset.json"):
         for path in out.glob(pattern):
             path.unlink()
@@ -175,6 +209,7 @@ def dataset_json(listing: Listing, splits: Splits, config: BuildConfig, command,
         "videos": {name: len(records) for name, records in sets.items()},
         "per_class": {name: class_counts(records, listing.classes) for name, records in sets.items()},
         "missing": len(listing.missing),
+        "unusable": len(listing.unusable),  # on disk but not buildable (see failures.jsonl)
         "unlisted": listing.unlisted,
         "notes": listing.notes,
         "shards": shards,
@@ -202,25 +237,48 @@ def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -
         else:
             report.sidecars.append(sidecar)
     report.resumed = len(report.sidecars)
-    work = partial(_shard_work, out=report.out, root=Path(config.root), config=config)
+    # absolute paths: a task may run in another process, on another node, from another folder
+    work = partial(_shard_work, out=report.out.resolve(), root=Path(config.root).resolve(), config=config)
     total = sum(len(t.records) for t in todo)
     with tqdm(total=total, unit="video", desc="build", dynamic_ncols=True, disable=None) as bar:
         frames = 0
 
-        def progress(n_frames: int) -> None:
+        def progress(event: tuple) -> None:
             nonlocal frames
-            frames += n_frames
-            bar.set_postfix_str(f"{frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s", refresh=False)
-            bar.update(1)
+            kind, value, *line = event
+            if kind == "frames":
+                frames += value
+                bar.set_postfix_str(f"{frames / max(bar.format_dict['elapsed'], 1e-9):.0f} frames/s", refresh=False)
+            elif kind == "done":
+                bar.update(1)
+            elif kind == "retry":  # the shard starts again: its videos will be counted again
+                bar.update(-value)
+                bar.write(f"note: {line[0]}", file=sys.stderr)
 
-        report.sidecars += LocalExecutor(config.workers).run(work, todo, progress)
-        report.frames_written = frames
+        try:
+            report.sidecars += executor(config).run(work, todo, progress)
+        finally:
+            remove_temporaries(report.out)  # a stopped or failed run leaves nothing half-written
+    report.frames_written = sum(s["frames"] for s in report.sidecars[report.resumed:])
     report.sidecars.sort(key=lambda s: s["shard"])
+
+
+def executor(config: BuildConfig):
+    """The engine that runs the shard tasks: this machine's cores, or a Ray cluster (an optional extra)."""
+    if config.executor != "ray":
+        return LocalExecutor(config.workers, config.timeout)
+    try:
+        from tgprep.ray_executor import RayExecutor
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'tgprep[ray]'") from None
+    return RayExecutor(config.ray_address, config.timeout)
 
 
 def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> None:
     report.failures = [{"key": r.key, "path": r.path, "set": r.split, "reason": "missing: listed but not on disk"}
                        for r in report.listing.missing]
+    report.failures += [{"key": r.key, "path": r.path, "set": r.split, "reason": reason}
+                        for r, reason in report.listing.unusable]
     report.failures += [f for s in report.sidecars for f in s["failures"]]
     lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in report.failures)
     (report.out / "failures.jsonl").write_text(lines)
@@ -232,62 +290,21 @@ def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> N
 # -- executing the plan ---------------------------------------------------------------------------------
 
 def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildConfig) -> dict:
-    """One shard task: stream each video through make_sample, write the tar and its sidecar."""
+    """One shard task: stream each video through make_sample, write the tar and its sidecar. It reports the
+    video it is on and its frames as they decode, so that its executor knows what a dead or silent worker was
+    doing, and a long video is never taken for a hung one."""
 
     def make(record: Record, with_label: bool) -> dict:
-        frames = 0
+        progress(("video", record.key))
         try:
-            with VideoStream(root / record.path, config.short_side, config.timeout) as video:
-                sample = make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label,
-                                     spool=out)
-                frames = video.decoded
-            return sample
+            with VideoStream(root / record.path, config.short_side, config.timeout,
+                             on_frames=lambda n: progress(("frames", n))) as video:
+                return make_sample(record, video, fps=config.fps, quality=config.quality, with_label=with_label,
+                                   spool=out)
         finally:
-            progress(frames)
+            progress(("done", record.key))
 
     return write_shard(out, task, make)
-
-
-class LocalExecutor:
-    """Runs shard tasks on this machine's cores. A cluster engine can take its place: all a build needs is
-    run(work, tasks, progress), which calls work(task, progress_fn) for every task and returns the results."""
-
-    def __init__(self, workers: int = 0):
-        self.workers = workers or os.cpu_count() or 1
-
-    def run(self, work, tasks: list, progress) -> list:
-        if self.workers == 1 or len(tasks) <= 1:
-            return [work(task, progress) for task in tasks]
-        events = Queue()
-        with ProcessPoolExecutor(min(self.workers, len(tasks)), initializer=_init_worker, initargs=(events,)) as pool:
-            pending = {pool.submit(_run_in_worker, work, task) for task in tasks}
-            results = []
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, progress)
-                results += [future.result() for future in done]
-            _drain(events, progress)
-        return results
-
-
-_events = None  # the parent's progress queue, in each worker process
-
-
-def _init_worker(events: Queue) -> None:
-    global _events
-    _events = events
-
-
-def _run_in_worker(work, task):
-    return work(task, _events.put)
-
-
-def _drain(events: Queue, progress) -> None:
-    while True:
-        try:
-            progress(events.get_nowait())
-        except queue.Empty:
-            return
 
 
 def summary(report: BuildReport, dry_run: bool) -> str:
@@ -314,7 +331,8 @@ def written_table(report: BuildReport) -> list[str]:
         lines.append(f"{name:<10} {sum(s['samples'] for s in done):>8} {sum(s['frames'] for s in done):>10} "
                      f"{sum(s['bytes'] for s in done) / 1e6:>9.1f} {failed.get(name, 0):>7}")
     decoded = report.videos - len(report.listing.missing)
-    lines.append(f"{sum(failed.values())} of {decoded} videos failed (see failures.jsonl)" if failed
+    n_failed = sum(failed.values()) + len(report.listing.unusable)  # unusable: set aside before any shard
+    lines.append(f"{n_failed} of {decoded} videos failed (see failures.jsonl)" if n_failed
                  else f"all {decoded} videos written")
     if report.listing.missing:
         lines.append(f"{len(report.listing.missing)} listed videos were missing (also in failures.jsonl)")

@@ -3,10 +3,12 @@
 from dataclasses import asdict, dataclass
 
 # How a build runs, not what it writes: never stored, never compared.
-RUNTIME_FIELDS = ("workers", "overwrite", "strict", "dry_run")
+RUNTIME_FIELDS = ("workers", "ray_address", "overwrite", "strict", "dry_run")
 # Where things are: stored for the record, but a resumed build may name them differently
 # (a relative path, a moved dataset); the plan digest in dataset.json catches other videos.
 LOCATION_FIELDS = ("out", "root", "annotations")
+# What ran the shard tasks: stored for the record; any executor writes the same bytes, so it may change.
+ENGINE_FIELDS = ("executor",)
 
 
 @dataclass
@@ -26,8 +28,10 @@ class BuildConfig:
     short_side: int = 256             # resize so the short side is this (never upscaled); 0 keeps size
     quality: int = 90                 # JPEG quality of stored RGB and TG frames (see BENCHMARKS.md)
     videos_per_shard: int = 100       # videos per tar; ~100 HMDB-51 videos make a few hundred MB
-    timeout: float = 300.0            # seconds one video may take to decode before it is a failure
+    timeout: float = 300.0            # seconds one video may take to decode, and a worker may stay silent
     workers: int = 0                  # parallel processes; 0 = one per core
+    executor: str = "local"           # local (this machine's cores) | ray (a Ray cluster)
+    ray_address: str | None = None    # the Ray cluster to join; None: RAY_ADDRESS, a local one, or a new one
     overwrite: bool = False           # rebuild an output that holds a different or finished build
     strict: bool = False              # exit 1 when any video failed
     dry_run: bool = False             # stop after the manifests and the summary
@@ -38,4 +42,4 @@ class BuildConfig:
 
     def identity(self) -> dict:
         """The settings a resumed build must share with the one that started the output."""
-        return {k: v for k, v in self.settings().items() if k not in LOCATION_FIELDS}
+        return {k: v for k, v in self.settings().items() if k not in LOCATION_FIELDS + ENGINE_FIELDS}

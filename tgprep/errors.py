@@ -1,5 +1,6 @@
 """The exceptions tgprep raises for problems a user can fix, and the click group that prints them as one line."""
 
+import errno
 import sys
 
 import click
@@ -16,8 +17,14 @@ class MissingVideosError(UserError):
     """Videos named by the official lists are not on disk (and --allow-missing was not given)."""
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether an error means the output's file system is full (or the user's quota spent)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class OneLineErrors(click.Group):
-    """A command group that turns UserError into one line on stderr and exit code 2, never a traceback."""
+    """A command group that turns UserError and click's usage errors into one line on stderr and exit code 2,
+    never a traceback or a usage block."""
 
     interrupted = "interrupted: run the same command again to resume"
 
@@ -27,6 +34,10 @@ class OneLineErrors(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a bad option: one line too, instead of click's usage block
+            hint = "" if isinstance(e, click.BadParameter) else f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            click.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo(self.interrupted, err=True)
             sys.exit(130)

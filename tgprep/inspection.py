@@ -1,6 +1,5 @@
 """`tgprep inspect` and `tgprep verify`: find shards, read them back safely, summarise, draw and check them."""
 
-import json
 import re
 import tarfile
 from collections import Counter
@@ -11,11 +10,11 @@ import braceexpand
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tgprep import limits, schema
 from tgprep.errors import UserError
-from tgprep.sample import SampleError, decode_frames, read_meta, tg_from_stored
-from tgprep.shards import SETS, file_sha256
+from tgprep.sample import FIELDS, SampleError, decode_frames, read_meta, tg_from_stored
+from tgprep.shards import SETS
 
-MAX_PROBLEMS = 20   # verify lists this many problems, then only counts the rest
 TILE_HEIGHT = 128   # contact-sheet frames are shrunk by a whole factor to at most this height
 TG_GAIN = 2         # contact-sheet TG is 128 + TG_GAIN * d: mid-grey is no change, brighter is brighter
 
@@ -38,6 +37,7 @@ def shard_paths(path: Path) -> list[Path]:
         found = [Path(p) for p in braceexpand.braceexpand(str(path)) if Path(p).is_file()]
     else:
         found = sorted(path.parent.glob(f"{path.name}-*.tar"))
+    found = [p for p in found if p.is_file()]  # a FIFO named like a shard would block its reader
     if not found:
         raise UserError(f"{path}: no shards found; give a .tar, a shard set such as OUT/labeled, "
                         "a pattern such as OUT/val-{000000..000003}.tar, or an output root")
@@ -46,8 +46,9 @@ def shard_paths(path: Path) -> list[Path]:
 
 def iter_samples(tar_path: Path) -> Iterator[dict]:
     """Every sample of a shard in tar order, as webdataset would group it: {"__key__", "json", "rgb", ...}
-    with raw bytes. Nothing is decoded or unpickled. A damaged tar raises ShardError."""
-    for key, data, _sizes in _walk(Path(tar_path), lambda key, ext: True):
+    with raw bytes of the sample fields (others are skipped). Nothing is decoded or unpickled. A damaged tar
+    raises ShardError."""
+    for key, data, _sizes in _walk(Path(tar_path), lambda key, ext: ext in FIELDS):
         yield {"__key__": key, **data}
 
 
@@ -56,12 +57,14 @@ def _walk(tar_path: Path, wanted: Callable[[str, str], bool]) -> Iterator[tuple[
 
     Members not wanted are skipped by seeking, so a walk for the headers alone is fast. The standard
     tarfile stops quietly at a broken header after the first; the end check below turns that into an error.
+    A member is read only once its size is checked against the file and tgprep.limits.
     """
     try:
-        tar = tarfile.open(tar_path, "r:")
-    except (tarfile.TarError, OSError) as e:
+        file = limits.BoundedFile(tar_path)
+        tar = tarfile.open(fileobj=file, mode="r:")
+    except (tarfile.TarError, OSError, ValueError) as e:
         raise ShardError(f"{tar_path}: not a readable tar ({e}); rebuild it (run the build again)") from None
-    with tar:
+    with file, tar:
         key, data, sizes, seen, member = None, {}, {}, set(), None
         try:
             for member in tar:
@@ -76,9 +79,10 @@ def _walk(tar_path: Path, wanted: Callable[[str, str], bool]) -> Iterator[tuple[
                     seen.add(key)
                 sizes[ext] = member.size
                 if wanted(key, ext):
+                    _check_member(tar_path, member, ext, file.size)
                     data[ext] = tar.extractfile(member).read()
             _check_end(tar_path, tar.offset)
-        except tarfile.TarError as e:
+        except (tarfile.TarError, ValueError) as e:  # ValueError: pax numbers that are not numbers
             where = f"member {member.name} at offset {member.offset}" if member else "the first member"
             raise ShardError(f"{tar_path}: damaged at {where} ({e}); rebuild the shard") from None
         if key is not None:
@@ -92,6 +96,13 @@ def _split_name(tar_path: Path, member: tarfile.TarInfo) -> tuple[str, str]:
         raise ShardError(f"{tar_path}: member {member.name!r} at offset {member.offset} is not a sample field "
                          "(key.ext); this is not a tgprep shard")
     return match[1], match[2]
+
+
+def _check_member(tar_path: Path, member: tarfile.TarInfo, ext: str, file_size: int) -> None:
+    try:
+        limits.check_member(ext, member.offset_data, member.size, file_size)
+    except ValueError as e:
+        raise ShardError(f"{tar_path}: member {member.name} {e}; rebuild the shard") from None
 
 
 def _check_end(tar_path: Path, offset: int) -> None:
@@ -108,14 +119,12 @@ def _check_end(tar_path: Path, offset: int) -> None:
 def _sidecar(tar_path: Path) -> dict | None:
     """The shard's sidecar, or None when it is absent or not one (written last: no sidecar, unfinished)."""
     try:
-        sidecar = json.loads(tar_path.with_suffix(".json").read_text())
+        return schema.read_sidecar(tar_path.with_suffix(".json"))
     except (OSError, ValueError):
         return None
-    fields = ("samples", "bytes", "sha256", "keys", "failures")
-    return sidecar if isinstance(sidecar, dict) and all(f in sidecar for f in fields) else None
 
 
-def _set_name(tar_path: Path) -> str:
+def set_name(tar_path: Path) -> str:
     return tar_path.name.rsplit("-", 1)[0]
 
 
@@ -128,7 +137,7 @@ def summarize(paths: list[Path]) -> dict:
     """
     parts: dict[str, dict] = {}
     for tar_path in paths:
-        part = parts.setdefault(_set_name(tar_path), _empty_part())
+        part = parts.setdefault(set_name(tar_path), _empty_part())
         sidecar = _sidecar(tar_path)
         part["shards"] += 1
         part["bytes"] += tar_path.stat().st_size
@@ -151,13 +160,16 @@ def _empty_part() -> dict:
 
 def _count(part: dict, key: str, tar_path: Path, data: dict, sizes: dict) -> None:
     try:
-        meta = json.loads(data["json"])
-        part["classes"][meta["class"]] += 1
-        part["frames"].append(int(meta["frames"]))
-        part["tg_frames"] += int(meta["tg_frames"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise ShardError(f"{tar_path}: sample {key} has no readable .json ({type(e).__name__}: {e}); "
-                         "run `tgprep verify` on it") from None
+        meta = limits.parse_json(data.get("json", b""), limits.MAX_SAMPLE_JSON_BYTES, depth=None)
+        if not isinstance(meta, dict) or not isinstance(meta.get("class"), str):
+            raise ValueError("no class name in it")
+        frames = limits.count(meta.get("frames"), "'frames'")
+        tg_frames = limits.count(meta.get("tg_frames"), "'tg_frames'")
+    except ValueError as e:
+        raise ShardError(f"{tar_path}: sample {key} has no readable .json ({e}); run `tgprep verify` on it") from None
+    part["classes"][meta["class"]] += 1
+    part["frames"].append(frames)
+    part["tg_frames"] += tg_frames
     part["rgb_bytes"] += sizes.get("rgb", 0)
     part["tg_bytes"] += sizes.get("tg", 0)
 
@@ -235,7 +247,12 @@ def contact_sheet(paths: list[Path], keys: list[str] | None = None, random_n: in
     else:
         raise UserError("say which samples to draw: keys=[...] (--key) or random_n=N (--random)")
     samples = _read_samples(keys, where)
-    blocks = [_sample_block(samples[k], frames) for k in keys]
+    blocks = []
+    for key in keys:
+        try:
+            blocks.append(_sample_block(samples[key], frames))
+        except SampleError as e:
+            raise ShardError(f"{where[key]}: {e}; run `tgprep verify` on it") from None
     sheet = Image.new("RGB", (max(b.width for b in blocks), sum(b.height for b in blocks)), "black")
     top = 0
     for block in blocks:
@@ -273,85 +290,3 @@ def _sample_block(sample: dict, frames: int) -> Image.Image:
         block.paste(Image.fromarray(tg[i]), (i * w, caption + h))
         draw.text((i * w + 2, caption + 1), str(t), fill="yellow", font=font, stroke_width=1, stroke_fill="black")
     return block
-
-
-# -- verify ----------------------------------------------------------------------------------------------
-
-def verify(path: Path) -> list[str]:
-    """Re-read every shard under PATH and return its problems, one line each ("shard: problem"); [] is good.
-
-    Every shard is checked to the end; past MAX_PROBLEMS the rest are only counted, in a last line.
-    """
-    path = Path(path)
-    problems = lost_shards(path) if path.is_dir() else []
-    for tar_path in shard_paths(path):
-        problems += check_shard(tar_path)
-    if len(problems) > MAX_PROBLEMS:
-        problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
-    return problems
-
-
-def lost_shards(root: Path) -> list[str]:
-    """Shards that the output root's sidecars or dataset.json name but that are not there."""
-    named = {p.with_suffix(".tar").name: p.name for name in SETS for p in root.glob(f"{name}-*.json")}
-    try:
-        listed = json.loads((root / "dataset.json").read_text())["shards"] or []
-        named.update({s["shard"]: "dataset.json" for s in listed if s["shard"] not in named})
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no dataset.json (a folder of shards) or an unfinished build: the sidecars are all there is
-    return [f"{tar}: missing, though {by} names it; run the build again" for tar, by in sorted(named.items())
-            if not (root / tar).is_file()]
-
-
-def check_shard(tar_path: Path) -> list[str]:
-    """The problems of one shard: against its sidecar (bytes, sha256, keys), and every sample read back whole."""
-    sidecar = _sidecar(tar_path)
-    name = tar_path.name
-    problems = []
-    if sidecar is None:
-        problems.append(f"{name}: no readable sidecar {tar_path.with_suffix('.json').name} "
-                        "(the build did not finish it); run the build again")
-    else:
-        size, digest = tar_path.stat().st_size, file_sha256(tar_path)
-        if size != sidecar["bytes"]:
-            problems.append(f"{name}: {size} bytes, the sidecar records {sidecar['bytes']}")
-        if digest != sidecar["sha256"]:
-            problems.append(f"{name}: sha256 {digest[:12]}... differs from the sidecar's {sidecar['sha256'][:12]}...")
-    keys = []
-    try:
-        for sample in iter_samples(tar_path):
-            keys.append(sample["__key__"])
-            problems += [f"{name}: {sample['__key__']}: {p}" for p in check_sample(sample, _set_name(tar_path))]
-    except ShardError as e:
-        return problems + [f"{name}: {str(e).removeprefix(str(tar_path) + ': ')}"]
-    if sidecar is not None and (keys != sidecar["keys"] or len(keys) != sidecar["samples"]):
-        problems.append(f"{name}: holds {len(keys)} samples, the sidecar lists {len(sidecar['keys'])} "
-                        f"({_first_difference(keys, sidecar['keys'])})")
-    return problems
-
-
-def check_sample(sample: dict, set_name: str) -> list[str]:
-    """What is wrong with one sample: missing fields, bad metadata or label, a frame that does not decode."""
-    needed = ("json", "rgb", "tg") + (("cls",) if set_name in ("labeled", "val") else ())
-    missing = [ext for ext in needed if ext not in sample]
-    if missing:
-        return [f"no .{', .'.join(missing)}"]
-    try:
-        meta = read_meta(sample)
-        if "cls" in sample and sample["cls"].strip() != str(meta.get("label")).encode():
-            return [f".cls says {sample['cls'][:10]!r}, the .json label {meta.get('label')}"]
-        # reduce=8 found the same damaged JPEGs as full decoding, in half the time (measured on real HMDB
-        # clips): libjpeg still parses every entropy-coded byte and skips most of the inverse DCT
-        decode_frames(sample, "rgb", range(meta["frames"]), reduce=8)
-        decode_frames(sample, "tg", range(meta["tg_frames"]), reduce=8)
-    except SampleError as e:
-        return [f"does not decode: {str(e).removeprefix('sample ' + sample['__key__'] + ': ')}"]
-    return []
-
-
-def _first_difference(found: list[str], listed: list[str]) -> str:
-    extra = sorted(set(found) - set(listed))
-    lost = sorted(set(listed) - set(found))
-    if extra or lost:
-        return f"not listed: {extra[:3]}, not found: {lost[:3]}"
-    return "same keys in another order"

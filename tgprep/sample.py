@@ -25,6 +25,11 @@ below a TG derived at load time from the stored RGB JPEGs (0.78), for fewer byte
 frame_indices (original frame numbers), width, height, source_width, source_height, rgb_offsets,
 tg_offsets (frames + 1 and tg_frames + 1 integers), rgb_encoding, tg_encoding, format, format_version,
 tgprep_version. Keys are sorted and nothing depends on the clock, so the bytes are deterministic.
+
+Readers check a sample against tgprep.limits before they allocate anything for it: the .json at most
+MAX_SAMPLE_JSON_BYTES, .cls at most MAX_CLS_BYTES, width and height 1..MAX_SIDE with at most MAX_PIXELS per
+frame, at most one frame per MIN_JPEG_BYTES of its payload, offsets that cut the payload exactly, and a label
+below the dataset's class count. Members other than these fields are skipped, never kept.
 """
 
 import io
@@ -39,8 +44,10 @@ import numpy as np
 from PIL import Image
 
 import tgprep
+from tgprep import limits
 from tgprep.video import Video, VideoStream
 
+FIELDS = ("cls", "json", "rgb", "tg")  # a sample's members; readers skip any other
 FORMAT = "tgprep-sample"
 FORMAT_VERSION = 1
 TG_SCALE, TG_OFFSET = 1.0, -128.0  # d = stored * TG_SCALE + TG_OFFSET
@@ -176,25 +183,46 @@ class _Payload:
         return self.file
 
 
-def read_meta(sample: dict) -> dict:
-    """The parsed .json of a sample, checked against its payloads; SampleError says what is wrong."""
+def read_meta(sample: dict, classes: int | None = None) -> dict:
+    """The parsed .json of a sample, checked against its payloads and tgprep.limits (and its label against
+    `classes`, when given) before anything is allocated from it; SampleError says what is wrong."""
     key = sample.get("__key__", "?")
+    if "json" not in sample:
+        raise SampleError(f"sample {key}: no .json member")
     try:
-        meta = json.loads(sample["json"])
-    except KeyError:
-        raise SampleError(f"sample {key}: no .json member") from None
-    except (ValueError, TypeError) as e:
-        raise SampleError(f"sample {key}: .json is not valid JSON ({e})") from None
+        meta = limits.parse_json(sample["json"], limits.MAX_SAMPLE_JSON_BYTES, depth=None)  # typed fields below
+    except ValueError as e:
+        raise SampleError(f"sample {key}: .json {e}") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise SampleError(f"sample {key}: not a tgprep sample of format version {FORMAT_VERSION}")
-    for field in ("frames", "tg_frames", "width", "height"):
-        if not isinstance(meta.get(field), int) or meta[field] < 0:
-            raise SampleError(f"sample {key}: .json field {field!r} is missing or not a count")
+    for modality in ("rgb", "tg"):
+        if not isinstance(sample.get(modality), (bytes, bytearray, memoryview)):
+            raise SampleError(f"sample {key}: no .{modality} member")
+    try:
+        for modality, field in (("rgb", "frames"), ("tg", "tg_frames")):  # at most one frame per MIN_JPEG_BYTES
+            limits.count(meta.get(field), f"field {field!r}", 0, len(sample[modality]) // limits.MIN_JPEG_BYTES)
+        for field in ("width", "height"):
+            limits.count(meta.get(field), f"field {field!r}", 1, limits.MAX_SIDE)
+        limits.count(meta.get("label"), "field 'label'", 0, (classes or limits.MAX_CLASSES) - 1)
+    except ValueError as e:
+        raise SampleError(f"sample {key}: .json {e}") from None
+    if meta["width"] * meta["height"] > limits.MAX_PIXELS:
+        raise SampleError(f"sample {key}: .json frames of {meta['width']}x{meta['height']} are over the limit of "
+                          f"{limits.MAX_PIXELS} pixels per frame")
     if meta["tg_frames"] not in (meta["frames"], meta["frames"] - 1):
         raise SampleError(f"sample {key}: {meta['tg_frames']} TG frames do not fit {meta['frames']} frames")
     for modality, count in (("rgb", meta["frames"]), ("tg", meta["tg_frames"])):
-        _check_offsets(key, modality, meta.get(f"{modality}_offsets"), count, sample.get(modality))
+        _check_offsets(key, modality, meta.get(f"{modality}_offsets"), count, sample[modality])
     return meta
+
+
+def read_cls(sample: dict, meta: dict) -> int:
+    """The label in a sample's .cls, checked to be its .json label (meta from read_meta)."""
+    cls = sample.get("cls")
+    cls = bytes(cls) if cls is not None and len(cls) <= limits.MAX_CLS_BYTES else None  # a longer one is no label
+    if cls is None or cls.strip() != str(meta["label"]).encode():
+        raise SampleError(f"sample {sample.get('__key__', '?')}: .cls {cls!r} is not its label {meta['label']}")
+    return meta["label"]
 
 
 def decode_frames(sample: dict, modality: str, indices, reduce: int = 1) -> np.ndarray:
@@ -263,8 +291,6 @@ def _draft(image: Image.Image, full: tuple[int, int], reduce: int) -> Image.Imag
 
 
 def _check_offsets(key: str, modality: str, offsets, count: int, payload) -> None:
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise SampleError(f"sample {key}: no .{modality} member")
     if (not isinstance(offsets, list) or len(offsets) != count + 1
             or not all(isinstance(o, int) for o in offsets)):
         raise SampleError(f"sample {key}: .json {modality}_offsets is not {count + 1} integers")

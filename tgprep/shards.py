@@ -6,13 +6,15 @@ import json
 import os
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from tgprep import limits
 from tgprep.datasets.common import Record
+from tgprep.errors import disk_full
 from tgprep.splits import Splits
 
 SETS = ("labeled", "unlabeled", "val")
@@ -25,6 +27,7 @@ class ShardTask:
     name: str                 # e.g. "labeled-000003": the tar is {name}.tar, its sidecar {name}.json
     set: str                  # labeled | unlabeled | val
     records: list[Record]
+    failed: dict[str, str] = field(default_factory=dict)  # key -> reason: record, do not decode (it killed workers)
 
 
 def plan_shards(splits: Splits, videos_per_shard: int, seed: int) -> list[ShardTask]:
@@ -51,9 +54,15 @@ def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool]
     classes, keys, failures, frames = Counter(), [], [], 0
     with open(tmp, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as tar:
         for record in task.records:
+            if record.key in task.failed:
+                failures.append({"key": record.key, "path": record.path, "set": task.set,
+                                 "reason": task.failed[record.key]})
+                continue
             try:
                 sample = make_sample(record, task.set != "unlabeled")
-            except Exception as e:  # a bad video is recorded, never fatal
+            except Exception as e:  # a bad video is recorded, never fatal; a full disk stops the build
+                if disk_full(e):
+                    raise
                 failures.append(failure(record, task.set, e))
                 continue
             try:
@@ -106,8 +115,8 @@ def failure(record: Record, set_name: str, error: BaseException) -> dict:
 def finished(out: Path, task: ShardTask) -> dict | None:
     """The sidecar of a shard that an earlier run finished for exactly these videos, else None."""
     try:
-        sidecar = json.loads((out / f"{task.name}.json").read_text())
-    except (OSError, ValueError):
+        sidecar = limits.read_json(out / f"{task.name}.json", limits.MAX_SIDECAR_BYTES)
+    except (OSError, ValueError):  # absent, damaged or nested too deep: the shard is written again
         return None
     done = set(sidecar.get("keys", [])) | {f["key"] for f in sidecar.get("failures", [])}
     if done != {r.key for r in task.records} or not (out / sidecar["shard"]).is_file():

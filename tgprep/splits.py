@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from tgprep.datasets.common import VIDEO_EXTENSIONS, Record
+from tgprep.datasets.common import VIDEO_EXTENSIONS, Record, read_lines
 from tgprep.errors import UserError
 
 # a list line: the path (spaces allowed), then up to two numbers (rawframe lists: frames, label)
@@ -48,12 +48,13 @@ def draw_labeled(pool: list[Record], ratio: float, seed: int) -> tuple[list[Reco
 def read_video_list(path: Path) -> list[str]:
     """The entries of a list file: MMAction2 video lists (`path label`), rawframe lists
     (`path frames label`) or bare paths. Paths may hold spaces, so the numbers are taken from the right.
+    Read as read_lines reads every list (UTF-8, other bytes kept as they are); an empty list is refused.
     """
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the labeled list ({e.strerror}); check the path") from e
-    return [_LIST_LINE.fullmatch(line.strip()).group(1) for line in lines if line.strip()]
+    entries = [_LIST_LINE.fullmatch(line).group(1) for _, line in read_lines(path)]
+    if not entries:
+        raise UserError(f"{path}: the labeled list is empty; list the labeled videos, one per line, "
+                        "or give --ratio instead")
+    return entries
 
 
 def select_listed(pool: list[Record], listed: list[str], source: Path, missing: list[Record]) -> tuple[list[Record], list[Record]]:
@@ -84,7 +85,10 @@ def select_listed(pool: list[Record], listed: list[str], source: Path, missing: 
 def write_list(path: Path, records: list[Record]) -> None:
     """An MMAction2 video list: `relative/path.ext label`, one video per line, sorted by key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{r.path} {r.label}\n" for r in sorted(records)))
+    # a name that is not UTF-8 is written byte for byte, as read_lines reads it back (names with line
+    # breaks never get here: the scan sets them aside)
+    path.write_text("".join(f"{r.path} {r.label}\n" for r in sorted(records)), encoding="utf-8",
+                    errors="surrogateescape")
 
 
 def class_counts(records: list[Record], classes: list[str]) -> dict[str, int]:

@@ -53,6 +53,9 @@ def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return round(width * short_side / short), round(height * short_side / short)
 
 
+REPORT_EVERY = 100  # frames between progress reports: a few a second, and a sign of life to a supervisor
+
+
 class VideoStream:
     """The first video stream of a file, decoded one frame at a time: memory does not grow with its length.
 
@@ -68,8 +71,9 @@ class VideoStream:
     stopped in-process; only killing the worker can.
     """
 
-    def __init__(self, path: Path, short_side: int = 256, timeout: float = 300.0):
+    def __init__(self, path: Path, short_side: int = 256, timeout: float = 300.0, on_frames=None):
         path = Path(path)
+        self._on_frames = on_frames  # called with the count of frames decoded since its last call
         if not path.exists():
             raise VideoError("missing")
         if not path.is_file():
@@ -112,8 +116,12 @@ class VideoStream:
         frame, self._first = self._first, None
         while frame is not None:
             yield frame
+            if self._on_frames and self.decoded % REPORT_EVERY == 0:
+                self._on_frames(REPORT_EVERY)
             raw = self._decode()
             frame = None if raw is None else self._convert(raw)
+        if self._on_frames and self.decoded % REPORT_EVERY:
+            self._on_frames(self.decoded % REPORT_EVERY)
         if self.decoded < 2:
             raise VideoError(f"{self.decoded} frame{'' if self.decoded == 1 else 's'} decoded")
 

@@ -20,7 +20,6 @@ among its workers, so ranks under DDP take the same number of steps whatever the
 are untrusted: they are parsed by tgprep.sample, never unpickled, and a malformed sample raises SampleError.
 """
 
-import json
 import mmap
 import os
 import tarfile
@@ -32,8 +31,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from tgprep import limits, schema
 from tgprep.errors import UserError
-from tgprep.sample import SampleError, decode_frames, read_meta
+from tgprep.sample import FIELDS, SampleError, decode_frames, read_cls, read_meta
 from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
 
 FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
@@ -47,10 +47,7 @@ def shard_urls(data: Path, set_name: str) -> list[str]:
     data = Path(data)
     if not data.is_dir():
         raise UserError(f"{data}: no such folder; give the output folder of `tgprep build`")
-    urls = []
-    for tar in sorted(data.glob(f"{set_name}-[0-9]*.tar")):
-        if finished_samples(tar) > 0:
-            urls.append(str(tar))
+    urls = [str(tar) for tar in sorted(data.glob(f"{set_name}-[0-9]*.tar")) if finished_samples(tar) > 0]
     if not urls:
         raise UserError(f"{data}: no {set_name} shards ({set_name}-000000.tar ...) with samples; "
                         "is this the output folder of a finished `tgprep build`?")
@@ -60,18 +57,19 @@ def shard_urls(data: Path, set_name: str) -> list[str]:
 def finished_samples(tar: Path) -> int:
     """The sample count in the .json that tgprep writes after its tar, once checked to describe this very tar."""
     side = tar.with_suffix(".json")
+    if not tar.is_file():  # a FIFO or a device would block the reader
+        raise UserError(f"{tar}: not a regular file, so not a shard; delete it, then {FIX}")
     try:
-        info = json.loads(side.read_text())
-        expected, samples = int(info["bytes"]), int(info["samples"])
+        info = schema.read_sidecar(side)
     except FileNotFoundError:
         raise UserError(f"{tar}: no sidecar {side.name}, so the build did not finish this shard; {FIX}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"{side}: not a readable shard sidecar ({e}); {FIX}") from None
     size = tar.stat().st_size
-    if size != expected:
-        raise UserError(f"{tar}: {size} bytes but its sidecar says {expected}: the shard is truncated or was "
+    if size != info["bytes"]:
+        raise UserError(f"{tar}: {size} bytes but its sidecar says {info['bytes']}: the shard is truncated or was "
                         f"changed; delete {tar.name} and {side.name}, then {FIX}")
-    return samples
+    return info["samples"]
 
 
 # -- frames ------------------------------------------------------------------------------------------------
@@ -89,18 +87,10 @@ def frames_at(sample: dict, modality: str, indices: np.ndarray, reduce: int) -> 
     return decode_frames(sample, modality, unique.tolist(), reduce)[inverse]
 
 
-def parse(sample: dict, labeled: bool) -> tuple[dict, int, int]:
-    """(meta, label for the loss: .cls or -1, true label from the .json for monitoring only)."""
-    meta = read_meta(sample)
-    true_label = meta.get("label")
-    if not isinstance(true_label, int) or true_label < 0:
-        raise SampleError(f"sample {sample['__key__']}: .json field 'label' is missing or not a class number")
-    if not labeled:
-        return meta, -1, true_label
-    cls = sample.get("cls")
-    if not isinstance(cls, bytes) or not cls.isdigit() or int(cls) != true_label:
-        raise SampleError(f"sample {sample['__key__']}: .cls {cls!r} is not its label {true_label}")
-    return meta, true_label, true_label
+def parse(sample: dict, labeled: bool, classes: int | None = None) -> tuple[dict, int, int]:
+    """(meta, label for the loss: .cls or -1, true label from the .json for monitoring only) below `classes`."""
+    meta = read_meta(sample, classes)
+    return meta, read_cls(sample, meta) if labeled else -1, meta["label"]
 
 
 # -- stream stages -----------------------------------------------------------------------------------------
@@ -113,36 +103,37 @@ def resampled(urls: list[str], rng: np.random.Generator):
 
 
 def tar_samples(shards):
-    """The samples of local tars, in order: "__key__", "__url__", "json" and other small members as bytes,
-    the "rgb" and "tg" frame payloads as memoryviews of the memory-mapped tar (read only when sliced)."""
+    """The samples of local tars, in order: "__key__", "__url__", and the sample fields ("json", "cls", "rgb",
+    "tg") as memoryviews of the memory-mapped tar, read only when used. Other members are skipped."""
     for shard in shards:
         url = shard["url"]
         try:
             yield from _mapped_samples(url)
-        except (tarfile.TarError, ValueError) as e:
-            raise SampleError(f"{url}: not a readable tar ({e}); {FIX}") from None
+        except (tarfile.TarError, OSError, ValueError) as e:  # ValueError: an empty file, pax numbers
+            raise e if isinstance(e, SampleError) else SampleError(f"{url}: not a readable tar ({e}); {FIX}") from None
 
 
 def _mapped_samples(url: str):
-    with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+    with limits.BoundedFile(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))  # outlives f: mmap keeps its own fd
         sample = {}
         for member in tar:  # reads the headers only, seeking over the data
-            if not member.isfile():
-                continue
             key, _, field = member.name.partition(".")
-            end = member.offset_data + member.size
-            if end > len(data):
-                raise SampleError(f"{url}: member {member.name} runs past the end of the file (truncated); {FIX}")
+            if not member.isfile() or field not in FIELDS:
+                continue
+            try:
+                limits.check_member(field, member.offset_data, member.size, len(data))
+            except ValueError as e:
+                raise SampleError(f"{url}: member {member.name} {e}; {FIX}") from None
             if sample and key != sample["__key__"]:
                 yield sample
                 sample = {}
             if field in sample:
                 raise SampleError(f"{url}: sample {key} has two .{field} members")
-            view = data[member.offset_data:end]
-            sample.update({"__key__": key, "__url__": url, field: view if field in ("rgb", "tg") else bytes(view)})
-        if sample:
-            yield sample
+            sample.update({"__key__": key, "__url__": url, field: data[member.offset_data:][:member.size]})
+        if not sample:  # resampling a shard without samples would loop forever
+            raise SampleError(f"{url}: holds no sample fields (.json, .cls, .rgb, .tg); {FIX}")
+        yield sample
 
 
 def shuffled(items, size: int, rng: np.random.Generator):
@@ -206,8 +197,8 @@ class TrainStream(IterableDataset):
     """Endless resampled clips, cut into passes of epoch_batches batches per rank (see train_stream)."""
 
     def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, area, modalities, labeled,
-                 epoch_batches, seed, shuffle, epoch):
-        self.urls = list(urls)
+                 epoch_batches, seed, shuffle, epoch, classes):
+        self.urls, self.classes = list(urls), classes
         self.batch_size, self.clip_len, self.interval, self.size, self.reduce, self.area = (
             batch_size, clip_len, interval, size, reduce, area)
         self.modalities, self.labeled = tuple(modalities), labeled
@@ -227,7 +218,7 @@ class TrainStream(IterableDataset):
 
     def clip(self, sample: dict, rng: np.random.Generator) -> dict:
         try:
-            meta, label, true_label = parse(sample, self.labeled)
+            meta, label, true_label = parse(sample, self.labeled, self.classes)
             # with TG, sample over the TG frames so that every RGB frame of the clip has its TG
             n = meta["tg_frames"] if "tg" in self.modalities else meta["frames"]
             if n < 1:
@@ -246,7 +237,7 @@ class TrainStream(IterableDataset):
 
 def train_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, reduce: int | None = None,
                  area=(0.08, 1.0), modalities=("rgb", "tg"), labeled: bool, epoch_batches: int, seed: int,
-                 shuffle: int = 256, epoch: int = 0) -> IterableDataset:
+                 shuffle: int = 256, epoch: int = 0, classes: int | None = None) -> IterableDataset:
     """Training batches from resampled shards: "rgb" (and "tg" when in modalities) uint8 (B, T, S, S, 3),
     "label" int64 (B,) from .cls or -1 when not labeled, "true_label" int64 (B,) from the .json (monitoring
     only), "key" list[str].
@@ -256,12 +247,13 @@ def train_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: i
     for its RGB and TG. reduce: JPEG decoding reduction; None picks the largest that keeps each video's
     short side >= size (libjpeg's DCT scaling: a quarter of the work at half size). Each iteration is one
     pass of exactly epoch_batches batches on this rank; `epoch` numbers the first pass (give the epoch to
-    resume at, so a resumed run draws the same clips)."""
+    resume at, so a resumed run draws the same clips). classes: the dataset's class count; a sample whose
+    label is not below it fails as damaged."""
     if not set(modalities) <= {"rgb", "tg"} or not modalities:
         raise ValueError(f"modalities must be some of rgb and tg, not {modalities!r}")
     return TrainStream(urls, batch_size=batch_size, clip_len=clip_len, interval=interval, size=size,
                        reduce=reduce, area=tuple(area), modalities=modalities, labeled=labeled,
-                       epoch_batches=epoch_batches, seed=seed, shuffle=shuffle, epoch=epoch)
+                       epoch_batches=epoch_batches, seed=seed, shuffle=shuffle, epoch=epoch, classes=classes)
 
 
 # -- evaluation --------------------------------------------------------------------------------------------
@@ -269,7 +261,7 @@ def train_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: i
 class EvalStream(IterableDataset):
     """Every video of this rank's and worker's shards once, as clips x crops squares (see eval_stream)."""
 
-    def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, clips, crops, modality):
+    def __init__(self, urls, *, batch_size, clip_len, interval, size, reduce, clips, crops, modality, classes):
         if crops not in (1, 3):
             raise ValueError(f"crops must be 1 (centre) or 3 (start, centre, end), not {crops}")
         if modality not in ("rgb", "tg"):
@@ -279,7 +271,7 @@ class EvalStream(IterableDataset):
         self.batch_size, self.clip_len, self.interval, self.size, self.reduce = (
             batch_size, clip_len, interval, size, reduce)
         self.clips, self.positions = clips, (0.5,) if crops == 1 else (0.0, 0.5, 1.0)
-        self.modality = modality
+        self.modality, self.classes = modality, classes
 
     def __iter__(self):
         number, workers = worker()
@@ -290,7 +282,7 @@ class EvalStream(IterableDataset):
 
     def views(self, sample: dict) -> dict:
         try:
-            meta, label, _ = parse(sample, labeled=True)
+            meta, label, _ = parse(sample, labeled=True, classes=self.classes)
             n = meta["tg_frames"] if self.modality == "tg" else meta["frames"]
             if n < 1:
                 raise SampleError(f"sample {sample['__key__']}: no frames")
@@ -308,13 +300,13 @@ class EvalStream(IterableDataset):
 
 
 def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, clips: int, crops: int,
-                reduce: int | None = None, modality: str = "rgb") -> IterableDataset:
+                reduce: int | None = None, modality: str = "rgb", classes: int | None = None) -> IterableDataset:
     """Evaluation batches, every video of the shards exactly once over all ranks and workers: "rgb" (or "tg",
     to check LTG's TG network) uint8 (B, crops * clips, T, S, S, 3) with view v = crop * clips + clip,
     "label" int64 (B,), "key" list[str]. The last batch of each worker may be smaller. Shards are split by
-    rank, then by worker: a rank or worker left without a shard yields nothing."""
+    rank, then by worker: a rank or worker left without a shard yields nothing. classes: as for train_stream."""
     return EvalStream(urls, batch_size=batch_size, clip_len=clip_len, interval=interval, size=size,
-                      reduce=reduce, clips=clips, crops=crops, modality=modality)
+                      reduce=reduce, clips=clips, crops=crops, modality=modality, classes=classes)
 
 
 def loader(stream: IterableDataset, workers: int) -> DataLoader:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from tgprep import schema
 from tgprep.errors import UserError
 from tgtrain import data, precise_bn
 from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
@@ -72,7 +73,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         torch.manual_seed(seed)  # dropout and anything else on the global generator
         generator = torch.Generator().manual_seed(seed)  # augmentation parameters
         use_unlabeled = method.uses_unlabeled and epoch >= config.supervised_epochs
-        batches = epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch)
+        batches = epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes))
         model.train()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
                    unit="step", dynamic_ncols=True)
@@ -95,11 +96,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         due = validating or (epoch + 1) % config.precise_bn_every == 0
         state["precise_bn"] = config.precise_bn_batches > 0 and due  # recorded in the checkpoint
         if state["precise_bn"]:
-            recompute_bn(networks(method), config, pool_urls, device, autocast, epoch)
+            recompute_bn(networks(method), config, pool_urls, len(classes), device, autocast, epoch)
         if validating:
-            record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast)
+            record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast, len(classes))
             if hasattr(method, "tg"):  # the teacher's accuracy: inference never uses it
-                record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast)
+                record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast, len(classes))
             if record["val_top1"] > state["best"]:
                 state.update(best=record["val_top1"], best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
@@ -162,11 +163,12 @@ class StepStats:
         return {key: value / self.steps for key, value in zip(self.sums, values)}
 
 
-def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch):
+def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, classes):
     """One epoch of (labeled, unlabeled) batch pairs; unlabeled is None for the supervised method.
     The streams' draws depend on (seed, rank, worker, epoch) only, so a resumed run draws the same clips."""
     common = dict(batch_size=config.batch_size, clip_len=config.clip_len, interval=config.frame_interval,
-                  size=config.size, area=(config.crop_area, 1.0), modalities=method.modalities, epoch_batches=steps, epoch=epoch)
+                  size=config.size, area=(config.crop_area, 1.0), modalities=method.modalities, epoch_batches=steps, epoch=epoch,
+                  classes=classes)
     labeled = data.loader(data.train_stream(labeled_urls, labeled=True, seed=2 * config.seed, **common), config.workers)
     if not method.uses_unlabeled:
         return ((batch, None) for batch in labeled)
@@ -186,7 +188,8 @@ def networks(method) -> dict:
     return {modality: getattr(method, modality) for modality in method.modalities}
 
 
-def recompute_bn(nets: dict, config, pool_urls, device, autocast, epoch: int = 0, workers: int | None = None) -> None:
+def recompute_bn(nets: dict, config, pool_urls, classes: int, device, autocast, epoch: int = 0,
+                 workers: int | None = None) -> None:
     """PreciseBN of the networks on precise_bn_batches batches of training-pool clips per rank (a resampled
     stream: the same count on every rank, other clips at each epoch)."""
     # area 1: no box of the whole frame's area fits a drawn aspect ratio, so every clip gets the fallback, the
@@ -195,17 +198,17 @@ def recompute_bn(nets: dict, config, pool_urls, device, autocast, epoch: int = 0
                                interval=config.frame_interval, size=config.load_size, area=(1.0, 1.0),
                                modalities=tuple(nets),
                                labeled=False, epoch_batches=config.precise_bn_batches, seed=2 * config.seed + 2,
-                               epoch=epoch)
+                               epoch=epoch, classes=classes)
     batches = data.loader(stream, config.workers if workers is None else workers)
     precise_bn.recompute(nets, batches, config.precise_bn_batches, config.size, device, autocast)
 
 
-def validate(net, modality: str, val_urls, config, device, autocast) -> float:
+def validate(net, modality: str, val_urls, config, device, autocast, classes: int) -> float:
     """Top-1 (%) of one network on one centre clip per val video, centre-cropped at the training size (the
     reference's val pipeline), over all ranks."""
     stream = data.eval_stream(val_urls, batch_size=config.batch_size * 2, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size, clips=1, crops=1,
-                              modality=modality)
+                              modality=modality, classes=classes)
     found = evaluate(net, data.loader(stream, config.workers), device, autocast, crop=config.size, modality=modality)
     return found["top1"]
 
@@ -251,11 +254,11 @@ def to_device(batch, device):
 
 def read_dataset(root: Path) -> dict:
     try:
-        return json.loads((root / "dataset.json").read_text())
+        return schema.read_dataset(root / "dataset.json")
     except FileNotFoundError:
         raise UserError(f"{root}: no dataset.json here; point --data at a `tgprep build` output folder") from None
-    except ValueError:
-        raise UserError(f"{root / 'dataset.json'}: not valid JSON; rebuild with tgprep build") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{root / 'dataset.json'}: {e}; rebuild with tgprep build") from None
 
 
 
@@ -284,14 +287,15 @@ def trained_rgb_net(ckpt: Path, data_root: Path, device, autocast, workers: int)
     load_weights(method, checkpoint, ckpt)
     method.to(device)
     if config.precise_bn_batches and not checkpoint.get("precise_bn"):
-        recompute_bn({"rgb": method.rgb}, config, pool_shards(data_root, dataset), device, autocast, workers=workers)
+        recompute_bn({"rgb": method.rgb}, config, pool_shards(data_root, dataset), len(classes), device, autocast,
+                     workers=workers)
     return method.rgb, config, classes
 
 
-def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers):
+def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers, classes: int):
     stream = data.eval_stream(data.shard_urls(data_root, "val"), batch_size=batch_size, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size,
-                              clips=clips or config.test_clips, crops=int(crops or config.test_crops))
+                              clips=clips or config.test_clips, crops=int(crops or config.test_crops), classes=classes)
     return data.loader(stream, workers)
 
 
@@ -306,7 +310,7 @@ def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -
     as a printable report."""
     device, autocast = device_and_autocast(device)
     net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
-    stream = test_stream(config, data, clips, crops, batch_size, workers)
+    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
     return format_report(evaluate(net, stream, device, autocast, crop=test_crop(config)), classes)
 
 
@@ -314,5 +318,5 @@ def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, devic
     """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
     device, autocast = device_and_autocast(device)
     net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
-    stream = test_stream(config, data, clips, crops, batch_size, workers)
+    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
     return write_predictions(net, stream, device, autocast, out, classes, crop=test_crop(config))

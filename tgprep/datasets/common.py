@@ -2,11 +2,14 @@
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from tgprep import limits
 from tgprep.errors import UserError
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
@@ -33,6 +36,7 @@ class Listing:
     train: list[Record]                                  # training pool found on disk, sorted by key
     val: list[Record]                                    # val videos found on disk, sorted by key
     missing: list[Record] = field(default_factory=list)  # listed (train pool or val) but not on disk
+    unusable: list[tuple[Record, str]] = field(default_factory=list)  # on disk but not buildable, and why
     unlisted: int = 0                                    # videos on disk that no list names
     notes: list[str] = field(default_factory=list)       # lines for the summary, e.g. checks against the manifest
 
@@ -41,21 +45,57 @@ def make_key(dataset: str, video_id: str) -> str:
     """A tar-safe sample key: characters other than [A-Za-z0-9_-] become '_'.
 
     When anything was replaced, a short hash of the original id is appended, so that two
-    names differing only in such characters ("a(1)" and "a_1_") still get different keys.
+    names differing only in such characters ("a(1)" and "a_1_") still get different keys. The hash is of
+    the name's bytes on disk, so a name that is not UTF-8 (its bytes held as surrogates) gets a key too.
     """
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", video_id)
     if safe != video_id:
-        safe += "-" + hashlib.sha1(video_id.encode()).hexdigest()[:8]
+        safe += "-" + hashlib.sha1(video_id.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{dataset}_{safe}"
 
 
 def index_videos(root: Path) -> dict[str, list[str]]:
-    """Every video file under root, however nested: file name -> relative paths (sorted)."""
+    """Every video file under root, however nested: file name -> relative paths (sorted). Entries that are
+    not regular files (FIFOs, devices, broken links) are indexed too, so that they are reported, not lost;
+    folders are not. Names that are not UTF-8 come as Python holds them (undecodable bytes as surrogates)."""
     found: dict[str, list[str]] = {}
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+        if path.suffix.lower() in VIDEO_EXTENSIONS and not path.is_dir():
             found.setdefault(path.name, []).append(path.relative_to(root).as_posix())
     return found
+
+
+def set_aside_unusable(listing: Listing) -> None:
+    """Move the videos that cannot be built out of train and val into listing.unusable, with the reason."""
+    for split in ("train", "val"):
+        kept = []
+        for record in getattr(listing, split):
+            reason = unusable_reason(listing.root, record.path)
+            if reason is None:
+                kept.append(record)
+            else:
+                listing.unusable.append((record, reason))
+        setattr(listing, split, kept)
+    if listing.unusable:
+        listing.notes.append(f"warning: {len(listing.unusable)} videos under {listing.root} cannot be built "
+                             f"(e.g. {listing.unusable[0][0].path!r}: {listing.unusable[0][1]}); "
+                             "each is in failures.jsonl with its reason")
+
+
+def unusable_reason(root: Path, path: str) -> str | None:
+    """Why root/path cannot be built, found without opening it (opening a FIFO blocks); None when it can."""
+    if path.splitlines() != [path]:
+        return "its name holds a line break, which a list file (manifests/*.txt) cannot hold; rename the file"
+    full = root / path
+    try:
+        mode = os.stat(full).st_mode  # through links
+    except OSError as e:
+        return f"a broken link ({e.strerror})" if full.is_symlink() else f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"{kind}{' (through a link)' if full.is_symlink() else ''}, not a video file; it was never opened"
 
 
 def find_annotation_dir(root: Path, annotations: Path | None, looks_right, what: str, fix: str) -> Path:
@@ -107,13 +147,25 @@ def check_split(split: int) -> None:
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
-    """The non-blank lines of a text file with their 1-based numbers, stripped (CRLF or LF)."""
+    """The non-blank lines of a list file with their 1-based numbers, stripped (CRLF or LF).
+
+    Read as UTF-8, with bytes that are not UTF-8 kept as they are (Python's surrogateescape): a list names
+    files, and a file name is bytes, so such an entry names exactly the file with those bytes, and the
+    manifests a build writes (which keep such names byte for byte) read back as lists.
+    """
+    return [(n, line.strip()) for n, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
+
+
+def read_text(path: Path) -> str:
+    """A list file's text (see read_lines), its size checked first."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
-                        "restore the original file") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        with open(path, "rb") as f:
+            limits.check_size(os.fstat(f.fileno()).st_size, limits.MAX_LIST_BYTES)
+            return f.read().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror}); check the path") from None
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; a list file is lines of text, check the path") from None
 
 
 def compare_counts(title: str, counted: dict[str, int], expected: dict[str, int]) -> list[str]:

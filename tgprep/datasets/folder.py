@@ -41,6 +41,10 @@ def scan(config: BuildConfig) -> Listing:
              f"(val fraction {config.val_fraction}, seed {config.seed})"]
     if loose:
         notes.append(f"folder: {loose} video files directly in {root} belong to no class folder and are left out")
+    empty = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in by_class)
+    if empty:
+        notes.append(f"folder: {len(empty)} folders in {root} hold no video file and are not classes: "
+                     + ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else ""))
     return Listing("folder", root, classes, sorted(train), sorted(val), unlisted=loose, notes=notes)
 
 

@@ -1,11 +1,12 @@
 """Kinetics-400: clips named after their YouTube id and segment, listed by the official train / val CSVs."""
 
 import csv
+import io
 from pathlib import Path
 
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import (Listed, Listing, compare_counts, find_annotation_dir, index_videos, load_manifest,
-                                    resolve)
+                                    read_text, resolve)
 from tgprep.errors import UserError
 
 DESCRIPTION = """\
@@ -50,7 +51,7 @@ def read_csv(path: Path, split: str, classes: list[str]) -> list[Listed]:
     # Some copies write labels with underscores for spaces ("using_segway"): both spellings map.
     label_of = {name.replace(" ", "_"): label for label, name in enumerate(classes)}
     listed = []
-    with path.open(newline="", encoding="utf-8") as file:
+    with io.StringIO(read_text(path), newline="") as file:
         reader = csv.DictReader(file)
         if not set(COLUMNS) <= set(reader.fieldnames or ()):
             raise UserError(f"{path}: the header must name the columns {','.join(COLUMNS)}; "
