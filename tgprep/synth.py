@@ -37,8 +37,8 @@ class SynthConfig:
 #
 # The rates below are at speed 1, where they were chosen for clips of 8 frames 8 apart: each motion stays
 # visible at that stride and does not alias to standing still (periods near 8 or 4 frames would look frozen,
-# 16 would flip between two poses). The default speed 2 with the tiny preset's stride 2 shows each clip a
-# continuous quarter of the motion at 8 frames apart's rates, in as few pixels as a small crop still resolves. Fast
+# 16 would flip between two poses). The default speed 2 doubles every rate: the tiny preset's clips, 8 frames
+# 2 apart, then see the object move as far between sampled frames as 4 frames apart at speed 1, continuously. Fast
 # oscillation (period 11-13 frames) is seen at stride 8 as 0.27-0.38 cycles per sample, slow (40-56) as
 # 0.14-0.20, so the two stay apart even aliased; frame-to-frame speed (the temporal gradient) differs x4.
 # Pulse (20-28) is seen as 0.29-0.40, blinking (a swap every 5.5-7.5 frames) changes in 55-95 % of samples,
