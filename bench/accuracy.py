@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, nargs="+", help="with --from: these run folders, beside the cited "
                         "cells at 100 %% and at their ratio")
     args = parser.parse_args()
+    if args.runs and not args.earlier:
+        parser.error("--runs cites a table: give it with --from FILE")
     if args.earlier:
         rows = [row for path in args.earlier for row in json.loads(path.read_text())["rows"]]
     else:
