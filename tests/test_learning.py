@@ -1,10 +1,9 @@
-"""A tiny LTG run on synthetic shards learns the motion classes, well above chance.
+"""The RGB network learns the synthetic motions from labels: the proof's ceiling, small enough for a test.
 
-Measured while tuning the tiny preset: on the synthetic set an RGB network trained from scratch first memorises
-appearance and needs minutes before it generalises (the paper's point: RGB alone learns motion slowly), while the
-TG network learns motion within a minute. So within a test's budget this checks LTG's TG network, on the same
-val videos and protocol as the RGB one (`val_top1_tg` in metrics.jsonl); the demo and bench/ show the RGB
-network's accuracy after longer runs.
+bench/accuracy.py measures the whole table (the supervised ceiling, and supervised, fixmatch and ltg with few
+labels); this checks its first premise within a test's budget: with every label, the tiny preset's RGB 3D-CNN
+tells motions apart on videos it never saw, well above chance, where a single frame cannot (the set's looks are
+drawn the same way for every class).
 """
 
 import json
@@ -16,15 +15,13 @@ from tgtrain.config import make_config
 from tgtrain.engine import train
 
 
-def test_tiny_ltg_run_learns_the_synthetic_motions(tmp_path):
-    generate(tmp_path / "synthetic", SynthConfig(classes=3, videos_per_class=40, frames=32, width=80, height=60,
-                                                 noise=0, distractors=0))
+def test_tiny_supervised_rgb_network_learns_the_synthetic_motions(tmp_path):
+    generate(tmp_path / "synthetic", SynthConfig(classes=3, videos_per_class=40, frames=32))
     build(BuildConfig(dataset="synthetic", root=str(tmp_path / "synthetic"), out=str(tmp_path / "shards"),
-                      ratio=0.5, videos_per_shard=8))
-    config = make_config("tiny", data=str(tmp_path / "shards"), out=str(tmp_path / "run"), method="ltg",
-                         width=8, proj_dim=16, size=40, load_size=48, batch_size=8, epochs=10,
-                         supervised_epochs=10, workers=1)  # all warm-up: too short for pseudo-labels to help
+                      ratio=1.0, videos_per_shard=8))
+    config = make_config("tiny", data=str(tmp_path / "shards"), out=str(tmp_path / "run"), method="supervised",
+                         batch_size=8, epochs=10)
     done = train(config)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 10 and done["chance"] == 1 / 3
-    assert max(r["val_top1_tg"] for r in records) >= 60, records  # chance is 33 %; 33 val videos
+    assert max(r["val_top1"] for r in records[-3:]) >= 70, records  # chance is 33 %; about 33 val videos

@@ -113,6 +113,10 @@ def datasets():
 @click.option("--distractors", default=synth.SynthConfig.distractors, show_default=True,
               type=Whole(min=0, max=100, fix="give 0 to 100 distractors"),
               help="Moving objects whose motion says nothing about the class.")
+@click.option("--speed", default=synth.SynthConfig.speed, show_default=True, help="Every motion's rate, scaled.",
+              type=Real(min=0, min_open=True, max=100, fix="give a factor, e.g. 2"))
+@click.option("--plain/--varied-looks", default=synth.SynthConfig.plain, show_default=True,
+              help="One look for every video, or colours and backgrounds drawn per video.")
 @click.option("--fps", default=synth.SynthConfig.fps, show_default=True, help="Frame rate written in the files.",
               type=Real(min=0, min_open=True, max=1000, fix="give frames per second, e.g. 25"))
 @click.option("--seed", default=synth.SynthConfig.seed, show_default=True, help="Same seed, same bytes.", type=SEED)

@@ -109,6 +109,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 state.update(best=record["val_top1"], best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
         if rank == 0:
+            tqdm.write(epoch_line(record, config.epochs), file=sys.stderr)  # progress, beside the bar
             with open(out / "metrics.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             save_checkpoint(out, method, optimizer, config, classes, state, best=state["best_epoch"] == epoch + 1)
@@ -120,6 +121,18 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One line per epoch: the mean loss, val top-1 of RGB (and TG for ltg), and the pseudo-labels kept and right."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.3f}"]
+    if "val_top1" in record:
+        parts.append(f"val top-1 {record['val_top1']:.1f} %")
+    if "val_top1_tg" in record:
+        parts[-1] += f" (TG {record['val_top1_tg']:.1f} %)"
+    if "mask_rate" in record:
+        parts.append(f"pseudo-labels kept {100 * record['mask_rate']:.0f} %, right {100 * record['pseudo_acc']:.0f} %")
+    return " | ".join(parts)
 
 
 def train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast, clip_grad) -> dict:
