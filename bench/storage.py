@@ -120,10 +120,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="folder to hold the builds (made if missing) "
+                        "[default: the system's temporary folder]")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=args.work))
     results = {}
     try:
