@@ -99,6 +99,16 @@ def test_every_video_lands_in_exactly_one_shard_or_in_failures(folder_dataset, t
     assert json.loads((tmp_path / "dataset.json").read_text())["status"] == "complete"
 
 
+def test_frames_larger_than_the_readers_take_are_a_failure_not_a_sample(tmp_path):
+    root = tmp_path / "root"
+    (root / "big").mkdir(parents=True)
+    encode_video(root / "big" / "huge.avi", np.zeros((3, 1450, 2900, 3), np.uint8), fps=25)  # 4.2 MP, just over
+    build(config(root, tmp_path / "out", ratio=1.0, val_fraction=0.0))
+    failure, = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert failure["reason"].startswith("frames of 2900x1450 are over the readers' limit")
+    assert "--short-side" in failure["reason"]
+
+
 def test_webdataset_reads_the_shards_as_written(folder_dataset, tmp_path):
     """Standard WebDataset tars: webdataset's own pipeline (no decoding) groups them into our samples."""
     import webdataset as wds

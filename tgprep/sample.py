@@ -54,7 +54,7 @@ import simplejpeg
 
 import tgprep
 from tgprep import limits
-from tgprep.video import Video, VideoStream
+from tgprep.video import Video, VideoError, VideoStream
 
 FIELDS = ("cls", "json", "mp4", "rgb", "tg")  # the members of both kinds (.mp4: video_sample); readers skip others
 FORMAT = "tgprep-sample"
@@ -125,6 +125,10 @@ def make_sample(record, video: Video | VideoStream, *, fps: float | None, qualit
     in memory up to SPOOL_BYTES and then move to an unnamed temporary file in that folder: the caller copies
     them from the start and closes them (shards.write_shard). A VideoError of the stream goes to the caller.
     """
+    width, height = video.size
+    if width * height > limits.MAX_PIXELS:  # every reader refuses such frames: never write them
+        raise VideoError(f"frames of {width}x{height} are over the readers' limit of {limits.MAX_PIXELS} pixels; "
+                         "build with a --short-side, e.g. 256")
     rgb, tg = _Payload(spool), _Payload(spool)
     try:
         indices = _encode(video, fps, quality, rgb, tg)
@@ -132,7 +136,6 @@ def make_sample(record, video: Video | VideoStream, *, fps: float | None, qualit
         rgb.file.close()
         tg.file.close()
         raise
-    width, height = video.size
     meta = {
         "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
         "label": record.label, "split": record.split,
