@@ -1,6 +1,7 @@
 """A build streams each video: memory flat in its length, the same bytes as samples made from frames in memory,
 and temporary payload files that no failure or kill leaves behind."""
 
+import fcntl
 import json
 import os
 import signal
@@ -146,11 +147,14 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def exited(pid: int) -> bool:
-    """Whether the process is gone or a zombie (which has closed its files)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
+def lock_free(out: Path) -> bool:
+    """Whether no process holds the build's output lock any more."""
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
         return True
 
 
@@ -171,11 +175,10 @@ def test_a_build_killed_while_spooling_leaves_only_names_the_next_build_removes(
     while not spooling and process.poll() is None and time.monotonic() < deadline:
         spooling = any(spools(pid, out) for pid in [process.pid, *children(process.pid)])
         time.sleep(0.002)
-    workers = children(process.pid)
     os.killpg(process.pid, signal.SIGKILL)  # the build and its worker
     process.wait()
     deadline = time.monotonic() + 10
-    while not all(exited(pid) for pid in workers) and time.monotonic() < deadline:
+    while not lock_free(out) and time.monotonic() < deadline:
         time.sleep(0.01)  # a dying worker still holds the build's lock (a descriptor it inherited)
     assert spooling, "the build ended before it spooled a payload"
     left = {p.name for p in out.iterdir()} - {".lock", "manifests", "dataset.json"}
