@@ -173,6 +173,13 @@ def test_resized_crop_cuts_the_box_and_flips():
     assert resized_crop(frames, (0, 0, 8, 3), 5).shape == (2, 5, 5, 3)
 
 
+@pytest.mark.parametrize("box", [(3, 5, 231, 177), (0, 0, 455, 256), (17, 2, 101, 99)])
+def test_flipping_before_the_resize_gives_the_mirror_of_the_resized_box(box):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 256, 455, 3), dtype=np.uint8)
+    mirrored = resized_crop(frames, box, 224)[:, :, ::-1]
+    assert np.array_equal(resized_crop(frames, box, 224, flip=True), mirrored)
+
+
 # -- training streams --------------------------------------------------------------------------------------
 
 def test_train_batches_hold_the_sampled_frames_and_their_tg(shards):
