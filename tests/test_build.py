@@ -143,6 +143,17 @@ def test_rerun_resumes_and_other_settings_are_refused(folder_dataset, tmp_path):
     assert json.loads((tmp_path / "dataset.json").read_text())["config"]["ratio"] == 0.25
 
 
+def test_sidecars_that_are_not_sidecars_get_their_shards_written_again(folder_dataset, tmp_path):
+    first = build(config(folder_dataset, tmp_path))
+    tars = {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")}
+    sidecars = sorted(tmp_path.glob("*-000000.json"))
+    for side, junk in zip(sidecars, ("[1, 2]", '{"keys": 5, "failures": []}', '{"keys": [[1]], "failures": []}')):
+        side.write_text(junk)
+    again = build(config(folder_dataset, tmp_path))
+    assert again.resumed == len(first.sidecars) - min(3, len(sidecars)) and len(sidecars) >= 2
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")} == tars
+
+
 def test_a_second_build_into_the_same_output_is_refused(folder_dataset, tmp_path):
     with output_lock(tmp_path):
         with pytest.raises(UserError, match="another tgprep build"):

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tarfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +51,9 @@ def write_shard(out: Path, task: ShardTask, make_sample: Callable[[Record, bool]
     make_sample(record, with_label) returns the sample, or raises for a video that cannot be made; such a
     video goes into the sidecar's failures with its reason, and the shard goes on.
     """
-    tmp = out / f"{task.name}.tar.tmp-{os.getpid()}"
+    tmp = temporary(out / f"{task.name}.tar")
     classes, keys, failures, frames = Counter(), [], [], 0
-    with open(tmp, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as tar:
+    with open(tmp, "xb") as stream, tarfile.open(fileobj=stream, mode="w") as tar:
         for record in task.records:
             if record.key in task.failed:
                 failures.append({"key": record.key, "path": record.path, "set": task.set,
@@ -116,12 +117,11 @@ def finished(out: Path, task: ShardTask) -> dict | None:
     """The sidecar of a shard that an earlier run finished for exactly these videos, else None."""
     try:
         sidecar = limits.read_json(out / f"{task.name}.json", limits.MAX_SIDECAR_BYTES)
-    except (OSError, ValueError):  # absent, damaged or nested too deep: the shard is written again
+        done = set(sidecar["keys"]) | {f["key"] for f in sidecar["failures"]}
+        written = (out / sidecar["shard"]).is_file()
+    except (OSError, ValueError, LookupError, TypeError):  # absent, damaged, too deep, not a sidecar: write again
         return None
-    done = set(sidecar.get("keys", [])) | {f["key"] for f in sidecar.get("failures", [])}
-    if done != {r.key for r in task.records} or not (out / sidecar["shard"]).is_file():
-        return None
-    return sidecar
+    return sidecar if written and done == {r.key for r in task.records} else None
 
 
 def file_sha256(path: Path) -> str:
@@ -133,6 +133,14 @@ def file_sha256(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n")
+    tmp = temporary(path)
+    with open(tmp, "x") as f:
+        f.write(json.dumps(value, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def temporary(path: Path) -> Path:
+    """A new name beside path to write it under, then rename. Unique across processes and machines: on a shared
+    folder, a task that Ray retried elsewhere may still be writing the same file under its own pid there. The
+    pid comes last (tests read it); a build's start-up removes what a killed writer left (*.tmp*)."""
+    return path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}-{os.getpid()}")
