@@ -9,9 +9,11 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,6 +127,18 @@ def test_an_option_out_of_range_is_one_line_naming_it(videos, tmp_path, args, wo
         base += ["--ratio", "0.5"]
     one_line(tgprep(*base, *args), 2, *words)
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_a_ray_address_that_nothing_answers_is_one_line(videos, tmp_path):
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    result = tgprep("build", "--dataset", "folder", "--root", videos, "--out", tmp_path / "o", "--ratio", "0.5",
+                    "--executor", "ray", "--ray-address", f"127.0.0.1:{port}")
+    one_line(result, 2, f"--ray-address 127.0.0.1:{port}", "nothing answers", "ray start --head")
+    assert time.monotonic() - started < 30
 
 
 def test_paths_are_checked_before_any_work(videos, tmp_path):

@@ -10,6 +10,8 @@ Output goes to --out, which every node must see (a shared file system); dataset.
 """
 
 import logging
+import os
+import socket
 import time
 
 import ray
@@ -95,6 +97,7 @@ class RayExecutor:
         if not tasks:  # a finished build resumed: no cluster to join
             return []
         if not ray.is_initialized():
+            _check_answers(self.address or os.environ.get("RAY_ADDRESS"))
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -127,6 +130,20 @@ class RayExecutor:
         # enough retries for every video to fail twice, and for a few deaths between videos (a lost node)
         retries = STRIKES * len(task.records) + BARE_DEATHS
         return _run_shard.options(max_retries=retries).remote(work, task, attempts)
+
+
+def _check_answers(address: str | None) -> None:
+    """A host:port at which nothing answers is one line now; ray.init would try it again for minutes. Other
+    forms ("auto", ray:// clients, none) are left to ray.init."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or "://" in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the cluster's head "
+                        "with `ray start --head` and give the address it prints, or leave the option out for a "
+                        "local cluster") from None
 
 
 def _result(ref, task):
