@@ -71,9 +71,9 @@ def resized_crop(frames: np.ndarray, box: tuple[int, int, int, int], size: int, 
     """(T, H, W, 3) -> (T, size, size, 3): the box (x0, y0, w, h) resized to size x size, mirrored when flip.
 
     A box of the right size already is returned as a view of frames, unless flipped. The flip is torch's copy of
-    the box before the resize, which the resize then needs no other copy of: 0.85 ms per 8-frame clip against
-    1.4 ms for flipping the result (numpy's reversed view is free but makes the batch's stack 30x slower). The
-    filter is symmetric, so the two orders give the same bytes (tests/test_data.py)."""
+    the box before the resize, which the resize then needs no other copy of: over random boxes of 240p frames, half
+    of them flipped, 0.61 ms per 8-frame crop against 0.90 for flipping the result (numpy's reversed view is free
+    but makes the batch's stack 30x slower). The filter is symmetric: both orders give the same bytes (tested)."""
     x0, y0, w, h = box
     crop = torch.from_numpy(frames[:, y0:y0 + h, x0:x0 + w])
     if flip:
