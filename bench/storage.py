@@ -35,7 +35,8 @@ from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.sample import decode_frames, tg_from_stored
 from tgprep.video import decode
-from tgprep.video_sample import clip_frames, is_video, read_meta
+from tgprep.video_decode import clip_frames
+from tgprep.video_sample import is_video, read_meta
 from tgtrain.data import tar_samples, train_stream
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "videos"
