@@ -82,6 +82,7 @@ def test_seeking_gives_the_frames_of_a_decode_from_the_start(kinetics):
         assert np.array_equal(got["tg"], tg_image(full[indices], full[indices + 1]))
     backwards = clip_frames(sample, meta, [300, 7, 7, 150, 0], ("rgb",))["rgb"]  # any order, repeats
     assert np.array_equal(backwards, full[[300, 7, 7, 150, 0]])
+    assert skippable(sample) > len(full) / 2  # so these clips were decoded skipping most unwanted frames
 
 
 def test_a_video_without_skippable_frames_decodes_every_frame(monkeypatch):
@@ -137,7 +138,8 @@ def test_with_fps_tg_still_comes_from_the_original_next_frame(real_videos):
     assert meta["video"]["stored_indices"][:4] == [0, 1, 4, 5]  # each kept frame and its next frame
     got = clip_frames(sample, meta, np.arange(meta["tg_frames"]))
     exact = temporal_gradient(original.frames[kept[:meta["tg_frames"]]], original.frames[kept[:meta["tg_frames"]] + 1])
-    assert np.abs(tg_from_stored(got["tg"].astype(np.int16)) - np.clip(exact, -128, 127)).mean() < 4.5
+    # H.264 at 85x64: its B-frames (tgprep.video_sample) are coded coarser than the references around them
+    assert np.abs(tg_from_stored(got["tg"].astype(np.int16)) - np.clip(exact, -128, 127)).mean() < 5
 
 
 # -- builds ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ A video sample is one video:
            the original frame number of every stored frame.
 
 TG is not stored. A loader (tgprep.video_decode) decodes each sampled frame and its next frame (from the keyframe
-at or before them, skipping the frames that no other frame refers to) and computes TG exactly as the frame kind
+at or before them, skipping the B-frames that no other frame refers to) and computes TG exactly as the frame kind
 defines it: d = x[k + 1] - x[k] on the decoded uint8 frames, with k + 1 the next frame of the ORIGINAL video
 also under --fps, as the image clip(d, -128, 127) + 128 that frame samples store as JPEG. The frames are the
 re-encoded video's, so both RGB and TG carry the H.264 error (BENCHMARKS.md measures it), not the JPEG one.
@@ -40,12 +40,15 @@ from tgprep.video import Video, VideoStream, ffmpeg_exe
 
 KIND, FORMAT_VERSION = "video", 2
 ENCODER, PIX_FMT = "libx264", "yuv420p"
-# CRF 18 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking) and without B-frames (a
-# B-frame needs the later frame it refers to decoded first): 1.6x (Kinetics) to 2.6x (HMDB/UCF) the loader's
-# clips per CPU-second of x264's defaults, for 1.2x the bytes; 1.84x the bytes of Kinetics' own files
-# (BENCHMARKS.md). The keyframe interval (tgprep build --keyframe-interval) trades bytes against the frames a
-# clip decodes.
-CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 18, "medium", "fastdecode", 0, 16
+# CRF 17 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
+# references that no frame refers to: a loader skips those it does not want (tgprep.video_decode), so a clip
+# decodes about half the frames it would without them. Measured on Kinetics clips (bench/storage.py,
+# BENCHMARKS.md), against the earlier CRF 18 without B-frames at a keyframe every 16: about 1.35x the clips per
+# CPU-second of decoding, the same bytes, and slightly more error (x264 codes B-frames coarser). The keyframe
+# interval (tgprep build --keyframe-interval) trades bytes against the frames a clip decodes.
+CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 17, "medium", "fastdecode", 5, 32
+# Always B_FRAMES B-frames between references (b-adapt 0), none of them a reference (b-pyramid none)
+B_PLACEMENT = "b-adapt=0:b-pyramid=none"
 # An H.264 frame in an MP4 takes at least its 4-byte size entry and a few bytes of slice: a member of N bytes
 # holds at most N / MIN_FRAME_BYTES frames, whatever the .json says.
 MIN_FRAME_BYTES = 8
@@ -90,7 +93,7 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
         "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept,
         "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
         "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
-                  "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval,
+                  "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval,
                   "time_base": time_base, "pts": pts, "keyframes": keyframes, "stored_indices": stored},
         "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
     }
@@ -166,7 +169,7 @@ def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, 
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", str(rate), "-i", "pipe:",
             "-c:v", ENCODER, "-preset", PRESET, "-tune", TUNE, "-bf", str(B_FRAMES), "-crf", str(CRF),
             "-pix_fmt", PIX_FMT, "-threads", "1",
-            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0",
+            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0:{B_PLACEMENT}",
             "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-f", "mp4", path]
 
 
