@@ -63,7 +63,7 @@ def test_a_video_sample_round_trips(kinetics):
     original, sample, meta = kinetics
     assert (meta["frames"], meta["tg_frames"], meta["width"], meta["height"]) == (303, 302, 170, 128)
     assert meta["video"]["keyframes"] == list(range(0, 303, 8)) and meta["format_version"] == 2
-    decoded = decode_positions(sample, meta, list(range(303)))
+    decoded = np.stack(decode_positions(sample, meta, list(range(303))))
     assert np.array_equal(decoded, every_frame(sample))  # tgprep's reader = a plain decode of the member
     error = np.abs(decoded.astype(np.int16) - original.frames).mean()
     assert error < 3.5, error  # the H.264 re-encode at CRF 18, against the frames decoded from the original

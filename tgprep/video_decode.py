@@ -31,31 +31,38 @@ def clip_frames(sample: dict, meta: dict, indices, modalities=("rgb", "tg")) -> 
     if "tg" in modalities and len(indices) and indices.max() >= meta["tg_frames"]:
         raise SampleError(f"sample {sample['__key__']}: no TG frame {int(indices.max())} "
                           f"(it has {meta['tg_frames']})")
-    at = np.asarray(meta["video"]["positions"])[indices]
-    frames = decode_positions(sample, meta, (at if "tg" not in modalities else np.concatenate([at, at + 1])).tolist())
-    out = {}
+    at = np.asarray(meta["video"]["positions"])[indices].tolist()
+    frames = decode_positions(sample, meta, at + [p + 1 for p in at] if "tg" in modalities else at)
+    shape, out = (len(at), meta["height"], meta["width"], 3), {}
     if "rgb" in modalities:
-        out["rgb"] = frames[:len(at)]
+        out["rgb"] = np.empty(shape, np.uint8)
+        for j, frame in enumerate(frames[:len(at)]):
+            out["rgb"][j] = frame
     if "tg" in modalities:
-        out["tg"] = tg_image(frames[:len(at)], frames[len(at):])
+        out["tg"] = tg_image(frames[:len(at)], frames[len(at):], np.empty(shape, np.uint8))
     return out
 
 
-def tg_image(frames: np.ndarray, next_frames: np.ndarray) -> np.ndarray:
-    """clip(next - frame, -128, 127) + 128 as uint8: the image a frame sample stores (tgprep.sample.encode_tg)."""
-    shifted = np.subtract(next_frames, frames, dtype=np.int16)
-    shifted += 128
-    np.clip(shifted, 0, 255, out=shifted)  # numpy's fast path: the same type in and out
-    return shifted.astype(np.uint8)
+def tg_image(frames, next_frames, out: np.ndarray | None = None) -> np.ndarray:
+    """clip(next - frame, -128, 127) + 128 as uint8 (into out, if given): the image a frame sample stores
+    (tgprep.sample.encode_tg), of n frames and their next frames, (n, H, W, 3) arrays or n (H, W, 3) ones."""
+    out = np.empty(np.shape(frames), np.uint8) if out is None else out
+    shifted = None
+    for j, (frame, next_frame) in enumerate(zip(frames, next_frames)):  # a frame at a time: it stays in the cache
+        shifted = np.subtract(next_frame, frame, dtype=np.int16, out=shifted)
+        shifted += 128
+        np.clip(shifted, 0, 255, out=shifted)  # numpy's fast path: the same type in and out
+        out[j] = shifted
+    return out
 
 
-def decode_positions(sample: dict, meta: dict, positions: list[int]) -> np.ndarray:
-    """uint8 (n, H, W, 3) RGB of the stored frames at `positions` (any order, repeats allowed). Each run of them is
+def decode_positions(sample: dict, meta: dict, positions: list[int]) -> list[np.ndarray]:
+    """uint8 (H, W, 3) RGB of each stored frame at `positions` (any order; a repeat is the same array). Each run is
     decoded from the keyframe at or before its first, sending the decoder only the pictures that are wanted or
     that others refer to (tgprep.h264): the same pixels as decoding every frame from the start."""
-    key, video = sample["__key__"], meta["video"]
+    key, video, height, width = sample["__key__"], meta["video"], meta["height"], meta["width"]
     pts, keyframes = video["pts"], np.asarray(video["keyframes"])
-    out = np.empty((len(positions), meta["height"], meta["width"], 3), np.uint8)
+    out = [None] * len(positions)
     slots = {}  # pts -> where its frame goes in out
     for j, p in enumerate(positions):
         slots.setdefault(pts[p], []).append(j)
@@ -67,8 +74,14 @@ def decode_positions(sample: dict, meta: dict, positions: list[int]) -> np.ndarr
             for keyframe, run in _runs(sorted(set(positions)), keyframes):
                 container.seek(pts[keyframe], stream=stream, backward=True, any_frame=False)
                 for frame in _decode_run(container, stream, {pts[p] for p in run}, size):
-                    rgb = scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()
-                    out[slots.pop(frame.pts, [])] = rgb[:meta["height"], :meta["width"]]
+                    rgb = scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()[:height, :width]
+                    if rgb.shape != (height, width, 3):
+                        raise SampleError(f"sample {key}: .mp4 frame at pts {frame.pts} is {frame.width}x"
+                                          f"{frame.height}, not the {width}x{height} its .json says")
+                    for j in slots.pop(frame.pts, []):
+                        out[j] = rgb
+    except SampleError:
+        raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         raise SampleError(f"sample {key}: .mp4 does not decode ({e}); the member is damaged or truncated") from None
     if slots:
