@@ -41,11 +41,12 @@ from tgprep.video import Video, VideoStream, ffmpeg_exe
 KIND, FORMAT_VERSION = "video", 2
 ENCODER, PIX_FMT = "libx264", "yuv420p"
 # CRF 17 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
-# references that no frame refers to: a loader skips those it does not want (tgprep.video_decode), so a clip
-# decodes about half the frames it would without them. Measured on Kinetics clips (bench/storage.py,
-# BENCHMARKS.md), against the earlier CRF 18 without B-frames at a keyframe every 16: about 1.35x the clips per
-# CPU-second of decoding, the same bytes, and slightly more error (x264 codes B-frames coarser). The keyframe
-# interval (tgprep build --keyframe-interval) trades bytes against the frames a clip decodes.
+# references, none of them a reference: a loader skips those a clip does not want (tgprep.video_decode), so a
+# clip decodes about 27 frames instead of 60. On Kinetics clips (BENCHMARKS.md) that loads at about 0.5x the frame
+# shards' clips per CPU-second (0.27x with CRF 18, no B-frames and every frame decoded) for 1.92x the original
+# files' bytes (1.84x) and 0.2 grey levels more error: x264 codes B-frames coarser, and CRF 17 with a keyframe every
+# 32 wins back part of it at about the same bytes. The keyframe interval (--keyframe-interval) trades bytes against
+# the frames a clip decodes.
 CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 17, "medium", "fastdecode", 5, 32
 # Always B_FRAMES B-frames between references (b-adapt 0), none of them a reference (b-pyramid none)
 B_PLACEMENT = "b-adapt=0:b-pyramid=none"
