@@ -6,7 +6,7 @@ Run from the project root: python bench/storage.py [--rounds 3] [--batches 4] [-
 Two corpora of real clips from ../shared/realdata/videos, each built as a folder dataset at short side 256:
   kinetics: the three Kinetics-400 clips (h264 340x256, 10 s), two copies each;
   hmdb-ucf: the four HMDB-51 and two UCF-101 clips (240p, 48 to 251 frames), the 240p material HMDB and UCF are.
-Four ways to store each: frames (the default), frames --fps 7.5, video with a keyframe every 8 and every 16 frames.
+Four ways to store each: frames (the default), frames --fps 7.5, video with a keyframe every 16 and every 32 frames.
   bytes:  the shards' bytes per video and their ratio to the original files';
   loader: tgtrain.data.train_stream in this process (no workers, one torch thread), 8 RGB + 8 TG frames 8 apart,
           batch 8, size 224, over every shard: clips/s and clips per CPU-second, medians of --rounds rounds, the
@@ -35,7 +35,8 @@ from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.sample import decode_frames, tg_from_stored
 from tgprep.video import decode
-from tgprep.video_sample import clip_frames, is_video, read_meta
+from tgprep.video_decode import clip_frames
+from tgprep.video_sample import is_video, read_meta
 from tgtrain.data import tar_samples, train_stream
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "videos"
@@ -49,8 +50,8 @@ CORPORA = {
                  "ucf101/SoccerJuggling/v_SoccerJuggling_g24_c01.avi"],
 }
 WAYS = {"frames": dict(store="frames"), "frames --fps 7.5": dict(store="frames", fps=7.5),
-        "video, keyframe every 8": dict(store="video", keyframe_interval=8),
-        "video, keyframe every 16": dict(store="video", keyframe_interval=16)}
+        "video, keyframe every 16": dict(store="video", keyframe_interval=16),
+        "video, keyframe every 32": dict(store="video", keyframe_interval=32)}
 TARGET_BYTES, TARGET_CPU = 2.0, 0.5  # video: <= 2x the original files, >= 0.5x the frame shards' clips per CPU-s
 
 

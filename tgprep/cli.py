@@ -168,8 +168,8 @@ def synth_command(out, workers, **knobs):
               "re-encoded as H.264 with TG computed at load: a tenth of the bytes on Kinetics, for about twice the "
               "loader's CPU per clip (Kinetics). See BENCHMARKS.md.")
 @click.option("--keyframe-interval", default=BuildConfig.keyframe_interval, show_default=True,
-              help="--store video: a keyframe every this many frames; shorter loads faster, in more bytes.",
-              type=Whole(min=1, max=300, fix="give frames between keyframes, e.g. 16"))
+              help="--store video: a keyframe every this many frames; shorter costs bytes and loads hardly faster.",
+              type=Whole(min=1, max=300, fix="give frames between keyframes, e.g. 32"))
 @click.option("--videos-per-shard", default=BuildConfig.videos_per_shard, show_default=True,
               type=Whole(min=1, fix="give 1 or more videos per tar, e.g. 100"))
 @click.option("--timeout", default=BuildConfig.timeout, show_default=True,

@@ -28,7 +28,7 @@ class BuildConfig:
     short_side: int = 256             # resize so the short side is this (never upscaled); 0 keeps size
     quality: int = 90                 # JPEG quality of stored RGB and TG frames (see BENCHMARKS.md)
     store: str = "frames"             # frames: RGB + TG JPEGs (tgprep.sample) | video: H.264, TG at load (video_sample)
-    keyframe_interval: int = 16       # video: frames per keyframe (BENCHMARKS.md: bytes against frames decoded per clip)
+    keyframe_interval: int = 32       # video: frames per keyframe (BENCHMARKS.md: bytes against frames decoded per clip)
     videos_per_shard: int = 100       # videos per tar; ~100 HMDB-51 videos make a few hundred MB
     timeout: float = 300.0            # seconds one video may take to decode, and a worker may stay silent
     workers: int = 0                  # parallel processes; 0 = one per core

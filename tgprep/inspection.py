@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tgprep import limits, schema
 from tgprep.errors import UserError
 from tgprep.sample import FIELDS, SampleError, decode_frames, tg_from_stored
-from tgprep.video_sample import clip_frames, is_video, read_meta
+from tgprep.video_decode import clip_frames
+from tgprep.video_sample import is_video, read_meta
 from tgprep.shards import SETS
 
 TILE_HEIGHT = 128   # contact-sheet frames are shrunk by a whole factor to at most this height

@@ -5,7 +5,8 @@ from pathlib import Path
 from tgprep import schema
 from tgprep.inspection import ShardError, iter_samples, set_name, shard_paths
 from tgprep.sample import SampleError, decode_frames, read_cls
-from tgprep.video_sample import check_decodes, is_video, read_meta
+from tgprep.video_decode import check_decodes
+from tgprep.video_sample import is_video, read_meta
 from tgprep.shards import SETS, file_sha256
 
 MAX_PROBLEMS = 20   # verify lists this many problems, then only counts the rest

@@ -10,15 +10,15 @@ A video sample is one video:
            every stored frame in presentation order, the positions of its keyframes, and stored_indices,
            the original frame number of every stored frame.
 
-TG is not stored. A loader decodes each sampled frame and its next frame (seeking to the keyframe at or
-before them, so a clip decodes a few dozen frames, not the video) and computes TG exactly as the frame kind
+TG is not stored. A loader (tgprep.video_decode) decodes each sampled frame and its next frame (from the keyframe
+at or before them, skipping the B-frames that no other frame refers to) and computes TG exactly as the frame kind
 defines it: d = x[k + 1] - x[k] on the decoded uint8 frames, with k + 1 the next frame of the ORIGINAL video
 also under --fps, as the image clip(d, -128, 127) + 128 that frame samples store as JPEG. The frames are the
 re-encoded video's, so both RGB and TG carry the H.264 error (BENCHMARKS.md measures it), not the JPEG one.
 
 Bytes are deterministic: the ffmpeg program's libx264 in one thread (see _encoder_command), bit-exact muxing,
-no clock in the .json. Readers check the .json against tgprep.limits and the MP4's own header before decoding,
-and decode in-process with PyAV, single-threaded.
+no clock in the .json. Readers check the .json against tgprep.limits (read_meta) and the MP4's own header before
+decoding, and decode in-process with PyAV, single-threaded.
 """
 
 import io
@@ -40,12 +40,16 @@ from tgprep.video import Video, VideoStream, ffmpeg_exe
 
 KIND, FORMAT_VERSION = "video", 2
 ENCODER, PIX_FMT = "libx264", "yuv420p"
-# CRF 18 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking) and without B-frames (a
-# B-frame needs the later frame it refers to decoded first): 1.6x (Kinetics) to 2.6x (HMDB/UCF) the loader's
-# clips per CPU-second of x264's defaults, for 1.2x the bytes; 1.84x the bytes of Kinetics' own files
-# (BENCHMARKS.md). The keyframe interval (tgprep build --keyframe-interval) trades bytes against the frames a
-# clip decodes.
-CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 18, "medium", "fastdecode", 0, 16
+# CRF 17 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
+# references, none of them a reference: a loader skips those a clip does not want (tgprep.video_decode), so a
+# clip decodes about 27 frames instead of 60. On Kinetics clips (BENCHMARKS.md) that loads at about 0.5x the frame
+# shards' clips per CPU-second (0.27x with CRF 18, no B-frames and every frame decoded) for 1.92x the original
+# files' bytes (1.84x) and 0.2 grey levels more error: x264 codes B-frames coarser, and CRF 17 with a keyframe every
+# 32 wins back part of it at about the same bytes. The keyframe interval (--keyframe-interval) trades bytes against
+# the frames a clip decodes.
+CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 17, "medium", "fastdecode", 5, 32
+# Always B_FRAMES B-frames between references (b-adapt 0), none of them a reference (b-pyramid none)
+B_PLACEMENT = "b-adapt=0:b-pyramid=none"
 # An H.264 frame in an MP4 takes at least its 4-byte size entry and a few bytes of slice: a member of N bytes
 # holds at most N / MIN_FRAME_BYTES frames, whatever the .json says.
 MIN_FRAME_BYTES = 8
@@ -90,8 +94,8 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
         "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept,
         "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
         "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
-                  "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval, "time_base": time_base, "pts": pts,
-                  "keyframes": keyframes, "stored_indices": stored},
+                  "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval,
+                  "time_base": time_base, "pts": pts, "keyframes": keyframes, "stored_indices": stored},
         "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
     }
     large = spool is not None and file.seek(0, io.SEEK_END) > SPOOL_BYTES
@@ -166,7 +170,7 @@ def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, 
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", str(rate), "-i", "pipe:",
             "-c:v", ENCODER, "-preset", PRESET, "-tune", TUNE, "-bf", str(B_FRAMES), "-crf", str(CRF),
             "-pix_fmt", PIX_FMT, "-threads", "1",
-            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0",
+            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0:{B_PLACEMENT}",
             "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-f", "mp4", path]
 
 
@@ -241,96 +245,3 @@ def _check(meta: dict, size: int, classes: int | None) -> None:
     if meta["tg_frames"] and (tg[-1] + 1 >= len(stored) or np.any(stored[tg + 1] != stored[tg] + 1)):
         raise ValueError("a TG frame's next frame is not stored")
     video["positions"] = positions.tolist()  # where each kept frame lies among the stored ones
-
-
-def clip_frames(sample: dict, meta: dict, indices, modalities=("rgb", "tg")) -> dict[str, np.ndarray]:
-    """{"rgb", "tg": uint8 (len(indices), H, W, 3)} of the kept frames at `indices` (meta from read_meta):
-    the decoded frames, and TG as the image clip(next - frame, -128, 127) + 128 that frame samples store."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if len(indices) and (indices.min() < 0 or indices.max() >= meta["frames"]):
-        raise SampleError(f"sample {sample['__key__']}: no frame {int(indices.max())} (it has {meta['frames']})")
-    if "tg" in modalities and len(indices) and indices.max() >= meta["tg_frames"]:
-        raise SampleError(f"sample {sample['__key__']}: no TG frame {int(indices.max())} "
-                          f"(it has {meta['tg_frames']})")
-    at = np.asarray(meta["video"]["positions"])[indices]
-    wanted = at if "tg" not in modalities else np.concatenate([at, at + 1])
-    unique, inverse = np.unique(wanted, return_inverse=True)
-    frames = decode_positions(sample, meta, unique.tolist())[inverse]
-    out = {}
-    if "rgb" in modalities:
-        out["rgb"] = frames[:len(at)]
-    if "tg" in modalities:
-        out["tg"] = tg_image(frames[:len(at)], frames[len(at):])
-    return out
-
-
-def tg_image(frames: np.ndarray, next_frames: np.ndarray) -> np.ndarray:
-    """clip(next - frame, -128, 127) + 128 as uint8: the image a frame sample stores (tgprep.sample.encode_tg)."""
-    stored = np.empty(frames.shape, np.uint8)
-    np.clip(np.subtract(next_frames, frames, dtype=np.int16), -128, 127, out=stored, casting="unsafe")
-    stored ^= 128  # two's complement bytes with the top bit flipped: + 128
-    return stored
-
-
-def decode_positions(sample: dict, meta: dict, positions: list[int]) -> np.ndarray:
-    """uint8 (n, H, W, 3) RGB of the stored frames at increasing `positions`, each run of them decoded from
-    the keyframe at or before it (or onward from the last frame decoded, when that is nearer)."""
-    key, video = sample["__key__"], meta["video"]
-    pts, keyframes = video["pts"], np.asarray(video["keyframes"])
-    out = np.empty((len(positions), meta["height"], meta["width"], 3), np.uint8)
-    try:
-        with av.open(io.BytesIO(sample["mp4"]), "r", format="mp4") as container:
-            stream = _checked_stream(container, meta, len(pts), key)
-            position_of = {p: i for i, p in enumerate(pts)}
-            frames, cursor = None, -1
-            for j, target in enumerate(positions):
-                keyframe = int(keyframes[np.searchsorted(keyframes, target, side="right") - 1])
-                if frames is None or target <= cursor or keyframe > cursor:
-                    container.seek(pts[keyframe], stream=stream, backward=True, any_frame=False)
-                    frames, cursor = container.decode(stream), keyframe - 1
-                while cursor < target:
-                    frame = next(frames, None)
-                    if frame is None or position_of.get(frame.pts, -1) <= cursor:
-                        raise SampleError(f"sample {key}: .mp4 frame {target} is not where its .json says")
-                    cursor = position_of[frame.pts]
-                if cursor != target:
-                    raise SampleError(f"sample {key}: .mp4 has no frame at pts {pts[target]}")
-                out[j] = frame.to_ndarray(format="rgb24")[:meta["height"], :meta["width"]]
-    except SampleError:
-        raise
-    except (av.error.FFmpegError, ValueError, OSError, StopIteration) as e:
-        raise SampleError(f"sample {key}: .mp4 does not decode ({e}); the member is damaged or truncated") from None
-    return out
-
-
-def _checked_stream(container, meta: dict, count: int, key: str):
-    """The MP4's one video stream, once its own header agrees with the .json (codec, size, frame count)."""
-    streams = container.streams.video
-    if len(container.streams) != 1 or len(streams) != 1:
-        raise SampleError(f"sample {key}: .mp4 holds {len(container.streams)} streams, "
-                          "not one video stream")
-    stream = streams[0]
-    header = (stream.codec_context.name, stream.codec_context.width, stream.codec_context.height, stream.frames)
-    expected = ("h264", *coded_size(meta["width"], meta["height"]), count)
-    if header != expected:
-        raise SampleError(f"sample {key}: .mp4 header says {header[0]} {header[1]}x{header[2]}, {header[3]} frames; "
-                          f"its .json says {expected[0]} {expected[1]}x{expected[2]}, {count} frames")
-    stream.thread_count = 1  # loader workers are the parallelism
-    # a stream may change its size midway: the decoder refuses any frame past the bound before allocating it
-    stream.codec_context.options = {"max_pixels": str(limits.MAX_PIXELS)}
-    return stream
-
-
-def check_decodes(sample: dict, meta: dict) -> None:
-    """Decode every frame of a video sample (meta from read_meta), one at a time, and check that the frames
-    are the ones its .json lists; SampleError otherwise. For `tgprep verify`."""
-    key, pts = sample["__key__"], meta["video"]["pts"]
-    try:
-        with av.open(io.BytesIO(sample["mp4"]), "r", format="mp4") as container:
-            found = [frame.pts for frame in container.decode(_checked_stream(container, meta, len(pts), key))]
-    except SampleError:
-        raise
-    except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise SampleError(f"sample {key}: .mp4 does not decode ({e}); the member is damaged or truncated") from None
-    if found != pts:
-        raise SampleError(f"sample {key}: .mp4 decodes to {len(found)} frames, not the {len(pts)} its .json lists")

@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tgprep import limits, schema
 from tgprep.errors import UserError
 from tgprep.sample import FIELDS, SampleError, decode_frames, read_cls
-from tgprep.video_sample import clip_frames, is_video, read_meta  # read_meta reads both kinds of sample
+from tgprep.video_decode import clip_frames
+from tgprep.video_sample import is_video, read_meta  # read_meta reads both kinds of sample
 from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
 
 FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
