@@ -34,6 +34,7 @@ import av
 import numpy as np
 import simplejpeg
 import torch
+from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset, IterableDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s scripts, imported as modules
@@ -101,11 +102,12 @@ class PyAVClip:
         path, frames = item
         indices = train_indices(frames - 1, CLIP_LEN, INTERVAL, rng)
         wanted = set(indices.tolist()) | set((indices + 1).tolist())
-        decoded = {}
+        decoded, scaler = {}, VideoReformatter()  # one libswscale context per video (to_ndarray makes one a frame)
         with av.open(str(path)) as container:
+            container.streams.video[0].thread_count = 1  # the workers are the parallelism, as in ours
             for i, frame in enumerate(container.decode(video=0)):
                 if i in wanted:
-                    decoded[i] = frame.to_ndarray(format="rgb24")
+                    decoded[i] = scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()
                 if i == max(wanted):
                     break
         rgb = np.stack([decoded[i] for i in indices])
