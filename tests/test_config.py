@@ -54,7 +54,7 @@ def test_every_preset_sets_the_whole_recipe_and_r3d18_is_hmdb51():
         assert set(RECIPE) <= set(values), (name, set(RECIPE) - set(values))
     assert make_config("r3d18") == make_config("hmdb51") == make_config()
     tiny = make_config("tiny")
-    assert (tiny.test_views, tiny.width, tiny.size, tiny.epochs, tiny.supervised_epochs) == ("center", 16, 40, 24, 8)
+    assert (tiny.test_views, tiny.width, tiny.size, tiny.epochs, tiny.supervised_epochs) == ("center", 32, 40, 24, 8)
 
 
 def test_config_output_reads_back_with_config_and_set_is_typed_from_the_fields(tmp_path):
