@@ -19,8 +19,8 @@ import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from tests.test_augment import ScalarReads
 from tests.test_build import moving_bar
 from tgprep.build import build
 from tgprep.config import BuildConfig
@@ -232,19 +232,6 @@ def test_eval_views_follow_test_views_and_missing_precise_bn_is_done_first(ltg_r
 
 # -- one training step: nothing read back from the device ------------------------------------------------------
 
-class ReadsBack(TorchDispatchMode):
-    """Counts the reads of a tensor's value into Python (.item(), float(t), bool(t), int(t)): on CUDA each one
-    makes the host wait for the device."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
-
-
 def prepared_step(device, autocast):
     """One LTG step after the supervised warm-up as the loop runs it (train_step, then the statistics' sums), on
     micro batches already on the device; everything else made beforehand."""
@@ -275,9 +262,9 @@ def test_a_training_step_reads_no_value_back():
     its statistics): no value of a tensor is read into Python, so on CUDA nothing makes the host wait."""
     step = prepared_step(torch.device("cpu"), nullcontext())
     step()  # the first step sets up the optimizer's state
-    with ReadsBack() as reads:
+    with ScalarReads() as mode:
         stats = step()
-    assert reads.count == 0
+    assert mode.reads == 0
     means = stats.means()  # read once, when shown or logged
     assert {"loss", "loss_sup", "loss_align", "loss_contrast", "loss_unsup", "mask_rate"} <= means.keys()
     assert all(isinstance(v, float) for v in means.values())
