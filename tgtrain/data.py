@@ -41,6 +41,7 @@ from tgprep.errors import UserError
 from tgprep.sample import FIELDS, SampleError, decode_frames, read_cls
 from tgprep.video_decode import clip_frames
 from tgprep.video_sample import is_video, read_meta  # read_meta reads both kinds of sample
+from tgtrain import shared_batches
 from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
 
 FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
@@ -166,23 +167,13 @@ def batched(items, size: int, partial: bool):
         yield batch
 
 
-def collate(clips: list[dict], arrays: tuple[str, ...]) -> dict:
-    """One batch: arrays stacked into uint8 tensors, labels into int64 tensors, keys into a list."""
-    batch = {name: stack([torch.from_numpy(c[name]) for c in clips]) for name in arrays}
-    batch.update({name: torch.tensor([c[name] for c in clips], dtype=torch.int64)
-                  for name in ("label", "true_label") if name in clips[0]})
-    batch["key"] = [c["key"] for c in clips]
-    return batch
-
-
-def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack, in a DataLoader worker straight into shared memory, as torch's default collate does: the
-    worker would otherwise copy the whole batch there once more to hand it to the training process."""
-    out = None
-    if get_worker_info() is not None:
-        storage = tensors[0].untyped_storage()._new_shared(len(tensors) * tensors[0].nbytes)
-        out = tensors[0].new(storage).view(len(tensors), *tensors[0].shape)
-    return torch.stack(tensors, out=out)
+def collate(clips: list[dict], arrays: tuple[str, ...]):
+    """One batch: arrays stacked into uint8 tensors, labels into int64 tensors, keys into a list; in a worker,
+    stacked into shared memory that comes back to it (tgtrain.shared_batches)."""
+    rest = {name: torch.tensor([c[name] for c in clips], dtype=torch.int64)
+            for name in ("label", "true_label") if name in clips[0]}
+    rest["key"] = [c["key"] for c in clips]
+    return shared_batches.batch({name: [torch.from_numpy(c[name]) for c in clips] for name in arrays}, rest)
 
 
 def node() -> tuple[int, int]:
