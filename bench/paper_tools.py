@@ -10,8 +10,17 @@ folders they leave. Both go through mmcv, which is OpenCV underneath; here is th
   loading cv2.imread of the 8 img and 8 tempgrad files of a clip, as the reference's RawFrameDecode does.
 The frames stay in OpenCV's BGR order: the reference swaps them later, on floats, in its normalisation.
 Needs the bench extra: pip install -e '.[bench]' (opencv-python-headless).
+
+As the reference's scripts run, each pass a whole process over a pool of all cores (bench/prep.py times these):
+  python bench/paper_tools.py rgb VIDEO... --out FOLDER...   (pass 1, one output folder per video)
+  python bench/paper_tools.py tg FOLDER...                     (pass 2)
+Each prints the frames it handled. The videos go to the pool one at a time in the order given (bench/prep.py
+gives the longest first, so the workers end together: kinder to the reference than its pool.map of glob order).
 """
 
+import argparse
+import os
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +64,21 @@ def read_clip(folder: Path, numbers) -> dict[str, np.ndarray]:
     """The img and tempgrad frames of a clip (1-based file numbers), each (T, H, W, 3) uint8 in BGR."""
     return {m: np.stack([cv2.imread(str(folder / f"{prefix}_{i:05d}.jpg")) for i in numbers])
             for m, prefix in (("rgb", "img"), ("tg", "tempgrad"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The paper's two data passes, each over a pool of all cores.")
+    parser.add_argument("task", choices=["rgb", "tg"])
+    parser.add_argument("paths", nargs="+", type=Path, help="videos (rgb) or their frame folders (tg)")
+    parser.add_argument("--out", nargs="+", type=Path, default=[], help="rgb: a frame folder per video")
+    args = parser.parse_args()
+    with Pool(os.cpu_count()) as pool:
+        if args.task == "rgb":
+            counts = pool.starmap(write_frames, zip(args.paths, args.out, strict=True), chunksize=1)
+        else:
+            counts = pool.map(write_tg, args.paths, chunksize=1)
+    print(sum(counts))
+
+
+if __name__ == "__main__":
+    main()

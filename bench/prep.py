@@ -9,9 +9,10 @@ size, as the paper does for HMDB / UCF, and uses one process per core:
   (c) tgprep.video.decode (PyAV, in-process) to RGB arrays: the decode limit of the build;
   (b) the paper's own tools (bench/paper_tools.py, OpenCV as the reference's mmcv): pass 1 cv2.VideoCapture ->
       cv2.imwrite img_00001.jpg ... (q95 4:2:0), pass 2 cv2.imread of neighbours -> tempgrad_00001.jpg ... of
-      uint8((x_t - x_{t+1} + 255) / 2), each pass on a process pool over all cores, run from this process;
-  build: `tgprep build --dataset folder --workers 0 --short-side 0 --ratio 0.5`, a whole process of its own
-      (the interpreter's start-up included, which (b) is spared).
+      uint8((x_t - x_{t+1} + 255) / 2), each pass a whole process over a pool of all cores, as the
+      reference's two scripts run;
+  build: `tgprep build --dataset folder --workers 0 --short-side 0 --ratio 0.5`, a whole process of its own.
+Every whole process pays its interpreter's start-up and imports: (b) twice, the build once.
 Wall and CPU seconds (CPU counts every child process) are medians over --repeats, the ways taking turns within
 each repeat. The machine may be shared with other work: the CPU-second ratio suffers less from it. Storage:
 bytes per frame of the last build's shards and of (b)'s folders, RGB PSNR and TG mean absolute error against
@@ -35,7 +36,6 @@ from statistics import median
 import numpy as np
 from PIL import Image
 
-import paper_tools
 from corpus import SOURCES, VIDEOS, machine, make_corpus
 from tgprep import synth
 from tgprep.config import BuildConfig
@@ -81,6 +81,13 @@ def timed(fn, frames: int, what: str) -> tuple[float, float]:
     return wall, cpu
 
 
+def paper_pass(*args) -> int:
+    """One of (b)'s passes as the reference runs it, a whole process (bench/paper_tools.py); returns its frames."""
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("paper_tools.py")), *map(str, args)],
+                          check=True, capture_output=True, text=True)
+    return int(done.stdout)
+
+
 def tgprep_build(config: BuildConfig) -> int:
     """The build as a user runs it, a whole `tgprep build` process; returns the frames it wrote."""
     command = [str(Path(sys.executable).with_name("tgprep")), "build", "--dataset", "folder", "--root", config.root,
@@ -99,8 +106,8 @@ def one_round(work: Path, config: BuildConfig, paths: list[Path], frames: int) -
     return {
         "a": timed(lambda: sum(in_pool(ffmpeg_null, paths)), frames, "ffmpeg"),
         "c": timed(lambda: sum(in_pool(pyav_decode, paths)), frames, "PyAV"),
-        "b1": timed(lambda: sum(in_pool(paper_tools.write_frames, paths, folders)), frames, "OpenCV frames"),
-        "b2": timed(lambda: sum(in_pool(paper_tools.write_tg, folders)), frames, "OpenCV TG"),
+        "b1": timed(lambda: paper_pass("rgb", *paths, "--out", *folders), frames, "OpenCV frames"),
+        "b2": timed(lambda: paper_pass("tg", *folders), frames, "OpenCV TG"),
         "build": timed(lambda: tgprep_build(config), frames, "build"),
     }
 
