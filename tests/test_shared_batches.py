@@ -4,6 +4,7 @@ import gc
 import io
 import os
 import pickle
+import signal
 from multiprocessing.reduction import ForkingPickler
 
 import torch
@@ -24,6 +25,21 @@ def test_a_loader_worker_delivers_the_in_process_batches_while_the_trainer_holds
         assert a["key"] == b["key"] and torch.equal(a["label"], b["label"])
         assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["tg"], b["tg"])
         assert b["rgb"].shape == (3, 4, 40, 40, 3) and b["rgb"].dtype == torch.uint8
+
+
+def test_a_held_batch_outlives_its_worker_killed_by_sigkill(shards):  # noqa: F811
+    urls = shard_urls(shards, "labeled")
+    alone = next(iter(stream(urls, epoch_batches=2, size=40)))
+    it = iter(loader(stream(urls, epoch_batches=2, size=40), workers=1))
+    held = next(it)
+    try:
+        os.kill(it._workers[0].pid, signal.SIGKILL)
+        it._workers[0].join(10)  # the signal reaches this process before the join returns
+    except RuntimeError as e:  # torch's SIGCHLD handler says so
+        assert "killed by signal" in str(e)
+    assert not it._workers[0].is_alive()
+    assert torch.equal(held["rgb"], alone["rgb"]) and torch.equal(held["tg"], alone["tg"])
+    del it
 
 
 def sent(batch: shared_batches.SharedBatch) -> dict:

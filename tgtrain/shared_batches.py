@@ -9,7 +9,8 @@ stacked into a free slot and only the slot's file descriptor travels; the traini
 when the last tensor over it is freed, a finalizer marks the slot free in its first byte, which the worker
 reads before it writes the slot again. So a slot is never written while the trainer holds a tensor of it, and
 when every slot is in use (a consumer that holds many batches), the worker makes one more, used once.
-Outside a worker nothing is shared: batch() stacks plain tensors.
+Outside a worker, and where there is no memfd (it is Linux's), batch() stacks plain tensors, which the
+DataLoader moves into shared memory as usual.
 """
 
 import mmap
@@ -73,7 +74,7 @@ class SharedBatch:
 
 def batch(arrays: dict[str, list[torch.Tensor]], rest: dict):
     """The arrays' tensors stacked, with the rest of the batch's fields: in a slot inside a DataLoader worker."""
-    if get_worker_info() is not None:
+    if get_worker_info() is not None and hasattr(os, "memfd_create"):
         return SharedBatch(arrays, rest)
     return {name: torch.stack(tensors) for name, tensors in arrays.items()} | rest
 
