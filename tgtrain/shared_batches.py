@@ -2,13 +2,16 @@
 
 torch sends every tensor a worker yields in a new shared-memory file: the worker has the kernel allocate, zero
 and fault in each page of it, and the training process maps it afresh. For a batch of 8 clips of 8 RGB + 8 TG
-frames at 224 (19 MB) that cost 24 ms of CPU, a fifth of a loader worker's time per batch (bench/loader.py).
+frames at 224 (19 MB) that costs 27 ms of CPU, a fifth of what a loader worker spends on the batch; these slots
+cost 4.6 (bench/handover.py).
 
-Here each worker keeps a few slots, memory files (memfd) that it has mapped and faulted in once. A batch is
-stacked into a free slot and only the slot's file descriptor travels; the training process maps the slot, and
-when the last tensor over it is freed, a finalizer marks the slot free in its first byte, which the worker
-reads before it writes the slot again. So a slot is never written while the trainer holds a tensor of it, and
-when every slot is in use (a consumer that holds many batches), the worker makes one more, used once.
+Here each worker keeps a few slots (made as it needs them, up to KEEP): memory files (memfd) that it has mapped and
+faulted in once. A batch is stacked into a free slot and only the slot's file descriptor travels; the training
+process maps the slot, and when the last tensor over it is freed, a finalizer marks the slot free in its first
+byte, which the worker reads before it writes the slot again. So a slot is never written while the trainer holds a
+tensor of it, and when every slot is in use (a consumer that holds many batches), the worker makes one more, used
+once.
+
 Outside a worker, and where there is no memfd (it is Linux's), batch() stacks plain tensors, which the
 DataLoader moves into shared memory as usual.
 """
