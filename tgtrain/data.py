@@ -15,11 +15,11 @@ The stages follow webdataset's, with two of its parts replaced, for measured rea
   are under torch.multiprocessing.spawn), and there torch.distributed is not initialised, so webdataset's
   split_by_node, which asks from inside the worker, gave every rank the same shards.
 
-Throughput, to size --workers (bench/loader.py, BENCHMARKS.md): one worker delivers about 130-150 training clips of
-8 RGB + 8 TG frames per CPU second from 240p shards with the weak view at 224, and 200-230 at 112 (DCT-scaled
+Throughput, to size --workers (bench/loader.py, BENCHMARKS.md): one worker delivers about 115-150 training clips of
+8 RGB + 8 TG frames per CPU second from 240p shards with the weak view at 224, and 175-230 at 112 (DCT-scaled
 decoding); most of it is JPEG decoding (libjpeg-turbo), then the weak view's resize. Batches reach the training
 process in shared memory that the worker writes again once freed (tgtrain.shared_batches), not in a new file per
-tensor, which cost a fifth of that. A GPU that trains on C clips/s needs about C / 140 worker cores at 224.
+tensor, which cost a fifth of that. A GPU that trains on C clips/s needs about C / 130 worker cores at 224.
 
 Training streams never end on their own: each rank yields exactly `epoch_batches` batches per pass, shared
 among its workers, so ranks under DDP take the same number of steps whatever the shard sizes. Shard bytes
