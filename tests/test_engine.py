@@ -4,7 +4,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import time
 import warnings
@@ -334,6 +337,26 @@ def test_truncated_shard(ltg_run, shards, tmp_path):
     assert_one_line_error(tgtrain(*run_args(data, tmp_path / "out")), "labeled-000001.tar", "truncated")
     assert_one_line_error(tgtrain("eval", "--ckpt", ltg_run / "best.pt", "--data", data, "--workers", 0),
                           "val-000001.tar", "truncated")
+
+
+def test_a_loader_worker_killed_mid_run_is_one_line_naming_workers_and_resume(shards, tmp_path):
+    settings = tmp_path / "long.toml"
+    settings.write_text(to_toml(micro(shards, tmp_path / "out", "supervised", epochs=500, supervised_epochs=500,
+                                      workers=2)))
+    run = subprocess.Popen([sys.executable, "-m", "tgtrain", "run", "--preset", "tiny", "--config", settings,
+                            "--data", shards, "--out", tmp_path / "out", "--method", "supervised"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+    deadline = time.monotonic() + 60
+    while not children.read_text().split() and time.monotonic() < deadline:  # its DataLoader workers
+        time.sleep(0.1)
+    os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
+    _, stderr = run.communicate(timeout=60)
+    lines = stderr.splitlines()
+    assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: DataLoader worker"), stderr
+    # torch says "is killed by signal: Killed" or "exited unexpectedly", by which of its checks sees it first
+    assert ("killed by signal" in lines[0] or "exited unexpectedly" in lines[0]), lines[0]
+    assert "--workers" in lines[0] and "--resume" in lines[0]
 
 
 def test_damaged_shard_of_the_right_size(ltg_run, shards, tmp_path):

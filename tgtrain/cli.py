@@ -20,6 +20,12 @@ class Cli(OneLineErrors):
         except SampleError as e:  # a damaged sample met while reading shards: bad input, not a bug
             click.echo(f"error: {sample_problem(e)}", err=True)
             sys.exit(2)
+        except RuntimeError as e:  # torch's words when a data-loading process dies (its SIGCHLD handler, or a get)
+            if not str(e).startswith("DataLoader worker"):
+                raise
+            click.echo(f"error: {str(e).strip().rstrip('.')}. A killed worker is often the kernel's out-of-memory killer: try "
+                       f"fewer --workers; {self.interrupted.split(': ', 1)[1]}", err=True)
+            sys.exit(1)
 
 
 def sample_problem(error: SampleError) -> str:
