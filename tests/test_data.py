@@ -1,6 +1,7 @@
 """tgtrain.data on real tars: clip indices, batches, RGB/TG pairing, epoch length, DDP splits, bad shards."""
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -257,6 +258,22 @@ def test_epoch_length_is_fixed_with_uneven_shards_and_two_workers(shards):
     assert all(len(keys) == 3 for keys in first + second)
     assert first != second  # persistent workers count passes: the second epoch draws other clips
     assert first[0] != first[1]  # consecutive batches come from different workers, seeded apart
+
+
+class Stalls(torch.utils.data.IterableDataset):
+    """One batch, then a read that never returns, as on a stalled network file system."""
+
+    def __iter__(self):
+        yield {"rgb": torch.zeros(2, 3, dtype=torch.uint8)}
+        time.sleep(3600)
+
+
+def test_a_worker_that_stalls_times_out_instead_of_hanging_the_run():
+    it = iter(loader(Stalls(), workers=1, timeout=2))
+    assert next(it)["rgb"].shape == (2, 3)
+    with pytest.raises(RuntimeError, match="DataLoader timed out after 2 seconds"):
+        next(it)
+    del it
 
 
 def test_each_pass_is_reproducible_and_ranks_draw_differently(shards, monkeypatch):

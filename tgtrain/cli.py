@@ -11,8 +11,11 @@ from tgtrain import engine
 from tgtrain.config import ALIASES, DEVICES, METHODS, PRESETS, make_config, to_toml
 
 
+RESUME = "`tgtrain run ... --resume` continues from the last finished epoch"
+
+
 class Cli(OneLineErrors):
-    interrupted = "interrupted: `tgtrain run ... --resume` continues from the last finished epoch"
+    interrupted = f"interrupted: {RESUME}"
 
     def invoke(self, ctx):
         try:
@@ -20,11 +23,11 @@ class Cli(OneLineErrors):
         except SampleError as e:  # a damaged sample met while reading shards: bad input, not a bug
             click.echo(f"error: {sample_problem(e)}", err=True)
             sys.exit(2)
-        except RuntimeError as e:  # torch's words when a data-loading process dies (its SIGCHLD handler, or a get)
-            if not str(e).startswith("DataLoader worker"):
+        except RuntimeError as e:  # torch's words when a loader worker dies or hangs (data.loader's timeout)
+            if not str(e).startswith(("DataLoader worker", "DataLoader timed out")):
                 raise
-            click.echo(f"error: {str(e).strip().rstrip('.')}. A killed worker is often the kernel's out-of-memory killer: try "
-                       f"fewer --workers; {self.interrupted.split(': ', 1)[1]}", err=True)
+            click.echo(f"error: {str(e).strip().rstrip('.')}. A killed worker is often the kernel's out-of-memory "
+                       f"killer, a hung one a stalled file system: try fewer --workers; {RESUME}", err=True)
             sys.exit(1)
 
 

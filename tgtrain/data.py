@@ -45,6 +45,7 @@ from tgprep.video_sample import is_video, read_meta  # read_meta reads both kind
 from tgtrain import shared_batches
 from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
 
+WORKER_TIMEOUT = 600  # seconds to wait for a batch from a loader worker, which makes one in well under a second
 FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
 
 
@@ -321,7 +322,8 @@ def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: in
                       reduce=reduce, clips=clips, crops=crops, modality=modality, classes=classes)
 
 
-def loader(stream: IterableDataset, workers: int) -> DataLoader:
-    """A DataLoader over a stream that batches itself; workers persist, so each keeps its pass counter."""
+def loader(stream: IterableDataset, workers: int, timeout: float = WORKER_TIMEOUT) -> DataLoader:
+    """A DataLoader over a stream that batches itself; workers persist, so each keeps its pass counter. A batch
+    that takes longer than `timeout` seconds raises (a stopped or hung worker), where torch would wait forever."""
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=workers > 0)
+                      persistent_workers=workers > 0, timeout=timeout if workers > 0 else 0)
