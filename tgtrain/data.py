@@ -19,7 +19,7 @@ Throughput, to size --workers (bench/loader.py, BENCHMARKS.md): one worker deliv
 8 RGB + 8 TG frames per CPU second from 240p shards with the weak view at 224, and 175-230 at 112 (DCT-scaled
 decoding); most of it is JPEG decoding (libjpeg-turbo), then the weak view's resize. Batches reach the training
 process in shared memory that the worker writes again once freed (tgtrain.shared_batches), not in a new file per
-tensor, which cost a fifth of that. A GPU that trains on C clips/s needs about C / 130 worker cores at 224.
+tensor, which cost about a fifth of a worker's time. A GPU that trains on C clips/s needs about C / 130 worker cores at 224.
 
 Training streams never end on their own: each rank yields exactly `epoch_batches` batches per pass, shared
 among its workers, so ranks under DDP take the same number of steps whatever the shard sizes. Shard bytes
@@ -324,6 +324,6 @@ def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: in
 
 def loader(stream: IterableDataset, workers: int, timeout: float = WORKER_TIMEOUT) -> DataLoader:
     """A DataLoader over a stream that batches itself; workers persist, so each keeps its pass counter. A batch
-    that takes longer than `timeout` seconds raises (a stopped or hung worker), where torch would wait forever."""
+    that takes longer than `timeout` seconds raises (a worker stuck in a read), where torch would wait forever."""
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, timeout=timeout if workers > 0 else 0)
