@@ -16,6 +16,7 @@ Outside a worker, and where there is no memfd (it is Linux's), batch() stacks pl
 DataLoader moves into shared memory as usual.
 """
 
+import math
 import mmap
 import os
 import weakref
@@ -83,10 +84,7 @@ def batch(arrays: dict[str, list[torch.Tensor]], rest: dict):
 
 
 def _view(flat: torch.Tensor, offset: int, shape: tuple) -> torch.Tensor:
-    count = 1
-    for side in shape:
-        count *= side
-    return flat[offset:offset + count].view(shape)
+    return flat[offset:offset + math.prod(shape)].view(shape)
 
 
 def _rebuild(fd: DupFd, size: int, layout: dict, rest: dict) -> dict:
