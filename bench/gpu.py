@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import imageio_ffmpeg
+import av
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/corpus.py and bench/train_step.py, as modules
@@ -47,16 +47,25 @@ CLASSES = 51  # HMDB-51's
 
 
 def make_shards(work: Path, videos: int, frames: int, sizes: list[str]) -> Path:
-    """MPEG-4 videos at real frame sizes (ffmpeg's moving test pattern with fresh noise, so frames do not compress
-    better than camera footage), 4 class folders, built into shards at native size; half the pool labeled."""
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    """MPEG-4 videos at real frame sizes (a moving colour pattern with fresh noise in every frame, so frames do not
+    compress better than camera footage), 4 class folders, built into shards at native size; half the pool labeled.
+    The videos are encoded with PyAV, so a GPU machine needs no ffmpeg program."""
 
     def encode(i: int) -> None:
         folder = work / "videos" / f"class{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
-        pattern = f"testsrc2=size={sizes[i % len(sizes)]}:rate=25,noise=alls=6:allf=t+u:all_seed={i}"
-        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", pattern, "-frames:v", str(frames),
-                        "-c:v", "mpeg4", "-q:v", "3", str(folder / f"v{i}.avi")], check=True)
+        width, height = (int(side) for side in sizes[i % len(sizes)].split("x"))
+        rng = np.random.default_rng(i)
+        y, x = np.mgrid[0:height, 0:width]
+        with av.open(str(folder / f"v{i}.avi"), "w") as container:
+            stream = container.add_stream("mpeg4", rate=25)
+            stream.width, stream.height, stream.pix_fmt, stream.bit_rate = width, height, "yuv420p", 4_000_000
+            for t in range(frames):
+                pattern = np.stack([(x + 3 * t) % 256, (y + 2 * t) % 256, (x + y + 5 * t) % 256], axis=-1)
+                noisy = pattern + rng.normal(0, 6, pattern.shape)
+                frame = av.VideoFrame.from_ndarray(noisy.clip(0, 255).astype(np.uint8), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(encode, range(videos)))

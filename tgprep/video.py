@@ -53,6 +53,10 @@ def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return round(width * short_side / short), round(height * short_side / short)
 
 
+# Real HMDB files carry tags that are not UTF-8. PyAV before 19 raises on them unless told to replace; PyAV 19
+# (Python 3.12 and newer) decodes every tag with surrogateescape and no longer takes the argument.
+TAG_DECODING = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+
 REPORT_EVERY = 100  # frames between progress reports: a few a second, and a sign of life to a supervisor
 
 
@@ -81,8 +85,7 @@ class VideoStream:
         self.timeout, self.decoded, self._spent = timeout, 0, 0.0
         started = time.monotonic()
         try:
-            # metadata_errors: real HMDB files carry tags that are not UTF-8
-            self._container = av.open(str(path), timeout=timeout, metadata_errors="replace")
+            self._container = av.open(str(path), timeout=timeout, **TAG_DECODING)
         except av.error.FFmpegError as e:
             raise VideoError(f"not a video: {e.strerror}") from e
         try:
