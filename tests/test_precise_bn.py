@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from tests.test_augment import ScalarReads
 from tgtrain import augment
 from tgtrain.config import make_config
 from tgtrain.methods import build_method
@@ -70,3 +71,20 @@ def test_precise_bn_after_strong_view_training_matches_a_direct_computation():
             torch.testing.assert_close(bn.running_var.double(), var, rtol=1e-4, atol=1e-5)
             assert bn.momentum == 0.1  # restored for training
         assert not net.training  # and the mode it was in
+
+
+def test_precise_bn_reads_no_value_back():
+    """Every BN layer, every batch: no value of a tensor is read into Python, so on CUDA nothing waits on the device.
+    torch's cumulative mode (momentum None) reads each layer's batch count back; the 1 / k momentum does not."""
+    generator = torch.Generator().manual_seed(0)
+    method = build_method(CONFIG, 3)
+    pool = [batch(generator) for _ in range(2)]
+    with ScalarReads() as mode:
+        recompute({"rgb": method.rgb, "tg": method.tg}, iter(pool), len(pool), CONFIG.size, torch.device("cpu"),
+                  nullcontext())
+    assert mode.reads == 0
+    bn = bn_layers(method.rgb)[0]
+    bn.momentum = None
+    with ScalarReads() as mode:  # the mode sees the reads it is there to count
+        method.rgb.train()(augment.normalize(augment.center_crop(pool[0]["rgb"], CONFIG.size)))
+    assert mode.reads == 1

@@ -4,7 +4,12 @@ During training a BN layer's running mean and variance are an exponential averag
 weights kept changing, and over augmented (strong) views, so they describe no one model and not the clean clips it
 is tested on. PreciseBN, as the reference's PreciseBNHook (after fvcore's), recomputes them with the weights fixed:
 the plain average, over a number of batches of clean training-pool clips, of each batch's mean and (unbiased)
-variance. In torch that is BN's cumulative mode (momentum None), in train mode, without gradients.
+variance, in train mode, without gradients.
+
+The average is kept as BN's own running update with momentum 1 / k at the k-th batch, which makes it the
+cumulative mean. torch's cumulative mode (momentum None) would give the same numbers, but it reads each layer's
+batch counter back to the host (float(num_batches_tracked)) on every batch: on a GPU, a wait for the device in
+every BN layer, 30 per network per batch for R3D-18.
 """
 
 import torch
@@ -27,23 +32,26 @@ def recompute(nets: dict[str, nn.Module], batches, count: int, size: int, device
     The clean view of a clip is its centre crop at the training size, without flip or strong ops: the reference's
     val pipeline on the training pool. Under DDP every rank must pass the same `count`: with SyncBatchNorm each
     forward is a collective (every rank then holds the global statistics already); without it the ranks'
-    averages are averaged at the end.
+    averages are averaged at the end. The networks run eagerly even when compiled: a compiled BN layer would
+    compile again for each new momentum.
     """
     layers = [bn for net in nets.values() for bn in bn_layers(net)]
     momenta, modes = [bn.momentum for bn in layers], [net.training for net in nets.values()]
     for bn in layers:
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative: running = mean over the batches seen since the reset
     for net in nets.values():
         net.train()
     seen = 0
-    for batch in tqdm(batches, total=count, desc="precise BN", unit="batch", leave=False, dynamic_ncols=True,
-                      disable=rank() != 0 or None):
-        for modality, net in nets.items():
-            clips = augment.center_crop(batch[modality].to(device, non_blocking=True), size)
-            with autocast:
-                net(augment.normalize(clips))
-        seen += 1
+    with torch.compiler.set_stance("force_eager"):
+        for batch in tqdm(batches, total=count, desc="precise BN", unit="batch", leave=False, dynamic_ncols=True,
+                          disable=rank() != 0 or None):
+            seen += 1
+            for bn in layers:
+                bn.momentum = 1 / seen  # running = the mean over the `seen` batches so far
+            for modality, net in nets.items():
+                clips = augment.center_crop(batch[modality].to(device, non_blocking=True), size)
+                with autocast:
+                    net(augment.normalize(clips))
     if seen != count:
         raise RuntimeError(f"PreciseBN got {seen} batches, expected {count}")  # a stream that ended early: a bug
     for bn, momentum in zip(layers, momenta):
