@@ -4,6 +4,7 @@ import gc
 import os
 import signal
 
+import pytest
 import torch
 
 from tests.test_data import shards, stream  # noqa: F401 (shards is a fixture)
@@ -68,15 +69,54 @@ def open_slot_files() -> int:
                if os.path.exists(f"/proc/self/fd/{fd}"))
 
 
-def test_a_worker_keeps_at_most_keep_slots_however_many_batches_are_held():
+def forget_slots() -> None:
+    """Drop this process's slots, as a worker and as a trainer (here both are this process)."""
     del shared_batches._slots[:]
     gc.collect()
+    for mapping in shared_batches._mapped.values():
+        mapping.close()
+    shared_batches._mapped.clear()
+
+
+def test_a_worker_keeps_at_most_keep_slots_however_many_batches_are_held():
+    forget_slots()
     clips = [torch.zeros(8, dtype=torch.uint8)]
     held = [sent(shared_batches.SharedBatch({"rgb": clips}, {})) for _ in range(2 * shared_batches.KEEP)]
     assert len(shared_batches._slots) == shared_batches.KEEP
     assert all(torch.equal(h["rgb"], torch.zeros(1, 8, dtype=torch.uint8)) for h in held)
     del held
-    assert open_slot_files() == 2 * shared_batches.KEEP  # the kept slots' own; the others closed once sent
+    # each kept slot: the worker's file and mapping, the trainer's mapping; the others' files closed once sent
+    assert open_slot_files() == 3 * shared_batches.KEEP
+
+
+def test_the_trainer_maps_each_kept_slot_once_and_lets_a_gone_workers_go(shards):  # noqa: F811
+    forget_slots()
+    urls, count = shard_urls(shards, "labeled"), 4 * shared_batches.KEEP
+    batches = loader(stream(urls, epoch_batches=count, size=40), workers=1)
+    seen = [b["key"] for b in batches]  # each batch freed before the next: a few slots serve them all
+    assert len(seen) == count and 0 < len(shared_batches._mapped) <= shared_batches.KEEP
+    assert all(m.users == 0 for m in shared_batches._mapped.values())
+    worker = next(iter(shared_batches._mapped))[0]
+    del batches
+    gc.collect()
+    assert sent(shared_batches.SharedBatch({"rgb": [torch.ones(4, dtype=torch.uint8)]}, {}))["rgb"].sum() == 4
+    assert worker not in {pid for pid, _ in shared_batches._mapped}  # its worker is gone: its memory is let go
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_reach_the_gpu_from_page_locked_slots_byte_for_byte(shards):  # noqa: F811
+    torch.cuda.init()
+    urls, count = shard_urls(shards, "labeled"), 3 * shared_batches.KEEP
+    alone = list(stream(urls, epoch_batches=count, size=40))
+    on_gpu = []
+    for b in loader(stream(urls, epoch_batches=count, size=40), workers=1):
+        assert b["rgb"].is_pinned()
+        on_gpu.append({m: b[m].to("cuda", non_blocking=True) for m in ("rgb", "tg")})
+        del b  # freed while its copies may still run: the slot waits for them
+    torch.cuda.synchronize()
+    for a, b in zip(alone, on_gpu, strict=True):
+        assert torch.equal(a["rgb"], b["rgb"].cpu()) and torch.equal(a["tg"], b["tg"].cpu())
+    assert all(m.pinned for m in shared_batches._mapped.values())
 
 
 def test_outside_a_worker_a_batch_is_plain_tensors():
