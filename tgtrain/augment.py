@@ -288,13 +288,14 @@ def strong(*clips, generator=None, n_ops=2, magnitude=0.9, ops=OPS) -> list:
 # ---------------------------------------------------------------------------------------------------- model input
 
 
-def normalize(x):
+def normalize(x, memory_format=torch.contiguous_format):
     """uint8 (B, T, H, W, 3) -> float32 (B, 3, T, H, W) with ImageNet mean and std, also under autocast.
 
     TG clips get the same mean and std as RGB: the paper normalises the stored TG image like an RGB image.
+    memory_format: the layout the network wants (channels_last_3d is the uint8 clip's own, so it costs no transpose).
     """
     with _fp32(x):
-        y = x.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
+        y = x.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=memory_format)
         mean, std = _constants(x.device)["mean"], _constants(x.device)["std"]
         return y.sub_(mean.reshape(3, 1, 1, 1)).div_(std.reshape(3, 1, 1, 1))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tgprep.errors import UserError
 from tgtrain.augment import OPS
+from tgtrain.execution import COMPILE_MODES
 
 METHODS = ("supervised", "fixmatch", "ltg")
 DEVICES = ("auto", "cpu", "cuda")
@@ -38,6 +39,8 @@ class TrainConfig:
     dropout: float = 0.5                # before each linear classifier
     proj_dim: int = 512                 # width of the contrastive projection MLP
     sync_bn: bool = True                # SyncBatchNorm across GPUs under DDP on CUDA (BN of both networks and heads)
+    compile: str = "off"                # torch.compile the networks: off | default | reduce-overhead | max-autotune
+    channels_last: bool = False         # the networks in the channels_last_3d memory format (tgtrain/execution.py)
     # clips
     clip_len: int = 8                   # frames per clip
     frame_interval: int = 8             # take every k-th frame: a clip spans clip_len * k frames
@@ -57,7 +60,8 @@ class TrainConfig:
     # method
     supervised_epochs: int = 60         # epochs of supervised loss only before the unlabeled losses start
     threshold: float = 0.3              # ltg: confidence to keep a pseudo-label (averaged RGB + TG)
-    fixmatch_threshold: float = 0.95    # fixmatch: confidence to keep a pseudo-label (RGB)
+    fixmatch_threshold: float = 0.3     # fixmatch: confidence to keep a pseudo-label (RGB); the reference's FixMatch
+                                        # baseline keeps LTG's 0.3, not the FixMatch paper's 0.95
     temperature: float = 0.5            # ltg: InfoNCE temperature
     weight_sup: float = 0.5             # each modality's supervised cross-entropy
     weight_unsup: float = 0.5           # each modality's pseudo-label cross-entropy
@@ -75,14 +79,15 @@ class TrainConfig:
 
 
 # What every preset sets explicitly, so that switching dataset never keeps another dataset's schedule.
-RECIPE = ("epochs", "warmup_epochs", "warmup_start", "supervised_epochs", "threshold", "batch_size", "lr", "lr_clips",
-          "weight_decay", "clip_grad", "precise_bn_batches", "precise_bn_every", "eval_every", "test_views")
+RECIPE = ("epochs", "warmup_epochs", "warmup_start", "supervised_epochs", "threshold", "fixmatch_threshold",
+          "batch_size", "lr", "lr_clips", "weight_decay", "clip_grad", "precise_bn_batches", "precise_bn_every",
+          "eval_every", "test_views")
 
 # The dataset presets are the reference configs of the paper's code (R3D-18 from scratch, 8 GPUs, SyncBN):
 # configs/compare_hmdb51/*360e*40percent*, configs/ucf101_main/*180e*, configs/k400-fixmatch-tg-alignment-
 # videos-ptv-simclr/8gpu/*90e*10percent*. The README's table puts each value beside the reference's name for it.
-_R3D18 = dict(threshold=0.3, lr=0.2, weight_decay=1e-4, clip_grad=40.0, warmup_start=0.1, precise_bn_every=5,
-              eval_every=5, test_views="full")
+_R3D18 = dict(threshold=0.3, fixmatch_threshold=0.3, lr=0.2, weight_decay=1e-4, clip_grad=40.0, warmup_start=0.1,
+              precise_bn_every=5, eval_every=5, test_views="full")
 PRESETS = {
     "hmdb51": dict(_R3D18, epochs=360, warmup_epochs=60, supervised_epochs=60, batch_size=5, lr_clips=80,
                    precise_bn_batches=120),
@@ -104,6 +109,7 @@ PRESETS = {
     # than the clips of 80x60 frames cost to decode).
     "tiny": dict(width=32, blocks=(1, 1, 1, 1), proj_dim=64, size=40, load_size=48, crop_area=0.8, frame_interval=2,
                  dropout=0.0, epochs=24, warmup_epochs=1, warmup_start=0.0, supervised_epochs=8, threshold=0.5,
+                 fixmatch_threshold=0.95,
                  batch_size=16, lr=0.2, lr_clips=80, weight_decay=1e-4, clip_grad=40.0, precise_bn_batches=4,
                  precise_bn_every=1, eval_every=1, test_views="center", workers=0, sync_bn=False),
 }
@@ -123,7 +129,7 @@ RANGES = {
     "supervised_epochs": (0, 100_000),
 }
 POSITIVE = {"crop_area", "lr", "clip_grad", "threshold", "fixmatch_threshold", "temperature"}
-CHOICES = {"method": METHODS, "device": DEVICES, "test_views": VIEWS, "test_crops": (1, 3),
+CHOICES = {"method": METHODS, "device": DEVICES, "test_views": VIEWS, "test_crops": (1, 3), "compile": COMPILE_MODES,
            "preset": (*PRESETS, *ALIASES)}
 MAX_PARAMETERS = 10**9  # about 30x R3D-18's 33 million: a config asking for more is a mistake or an attack
 

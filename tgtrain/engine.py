@@ -1,8 +1,9 @@
 """The training loop: data, model, SGD with warm-up + cosine, DDP, checkpoints, metrics; readable in one sitting.
 
 Run it on one process (`tgtrain run ...`) or many (`torchrun --nproc-per-node N -m tgtrain run ...`): torchrun's
-environment switches DDP on. Every epoch starts from seeds derived from (seed, epoch, rank), and a checkpoint is
-written at the end of every epoch, so `--resume` continues exactly where an uninterrupted run would be.
+environment switches DDP on. Every epoch starts from seeds derived from (seed, epoch, rank), the loaders are made once
+for the run (tgtrain.loaders), and a checkpoint is written at the end of every epoch, so `--resume` continues exactly
+where an uninterrupted run would be.
 """
 
 import json
@@ -20,11 +21,12 @@ from tqdm import tqdm
 
 from tgprep import schema
 from tgprep.errors import UserError
-from tgtrain import data, precise_bn, waiting
+from tgtrain import data, execution, precise_bn, waiting
 from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from tgtrain.config import PRESETS, TrainConfig, to_toml
 from tgtrain.curves import plot_curves
 from tgtrain.evaluate import evaluate, format_report, write_predictions
+from tgtrain.loaders import RunLoaders, precise_bn_stream
 from tgtrain.methods import build_method
 
 
@@ -50,7 +52,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     method = build_method(config, len(classes)).to(device)
     if world > 1 and device.type == "cuda" and config.sync_bn:  # BN over the global batch, as the reference
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    model = DistributedDataParallel(method) if world > 1 else method
+    execution.prepare(networks(method), config.compile, config.channels_last)
+    model = method
+    if world > 1:  # buffers are not broadcast (the reference's setting): BN statistics are averaged per epoch instead
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                        broadcast_buffers=False)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1}
     if resume:
@@ -67,13 +73,16 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     clips_per_step = config.batch_size * world * (2 if method.uses_unlabeled else 1)
     peak_lr = config.lr * clips_per_step / config.lr_clips  # the reference's 0.2 is for 8 GPUs' clips per step
 
+    start = state["epoch"]
+    loaders = RunLoaders(config, method, labeled_urls, pool_urls, val_urls, steps, start, len(classes),
+                         precise_bn_done=sum(precise_bn_due(config, e) for e in range(start)))
     started, warned = time.perf_counter(), False
-    for epoch in range(state["epoch"], config.epochs):
+    for epoch in range(start, config.epochs):
         seed = config.seed * 100_003 + epoch * 1_009 + rank
         torch.manual_seed(seed)  # dropout and anything else on the global generator
         generator = torch.Generator().manual_seed(seed)  # augmentation parameters
         use_unlabeled = method.uses_unlabeled and epoch >= config.supervised_epochs
-        batches = waiting.Timed(epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, len(classes)))
+        batches = waiting.Timed(loaders.epoch())
         model.train()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=rank != 0 or None,
                    unit="step", dynamic_ncols=True)
@@ -93,18 +102,19 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         if note and rank == 0 and not warned:
             print(note, file=sys.stderr)
             warned = True
+        if epoch == start and rank == 0 and (compiled := execution.compile_note(config.compile)):
+            print(compiled, file=sys.stderr)
         record = {"epoch": epoch + 1, "lr": lr, **sums.means(),
                   "clips_per_s": clips_per_step * steps / (time.perf_counter() - tick)}
         precise_bn.average_across_ranks(method)
-        validating = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
-        due = validating or (epoch + 1) % config.precise_bn_every == 0
-        state["precise_bn"] = config.precise_bn_batches > 0 and due  # recorded in the checkpoint
+        state["precise_bn"] = precise_bn_due(config, epoch)  # recorded in the checkpoint
         if state["precise_bn"]:
-            recompute_bn(networks(method), config, pool_urls, len(classes), device, autocast, epoch)
-        if validating:
-            record["val_top1"] = validate(method.rgb, "rgb", val_urls, config, device, autocast, len(classes))
+            precise_bn.recompute(networks(method), loaders.precise_bn(), config.precise_bn_batches, config.size,
+                                 device, autocast)
+        if validating(config, epoch):
+            record["val_top1"] = validate(method.rgb, "rgb", loaders, config, device, autocast)
             if hasattr(method, "tg"):  # the teacher's accuracy: inference never uses it
-                record["val_top1_tg"] = validate(method.tg, "tg", val_urls, config, device, autocast, len(classes))
+                record["val_top1_tg"] = validate(method.tg, "tg", loaders, config, device, autocast)
             if record["val_top1"] > state["best"]:
                 state.update(best=record["val_top1"], best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
@@ -167,18 +177,14 @@ class StepStats:
         return {key: value / self.steps for key, value in zip(self.sums, values)}
 
 
-def epoch_batches(config, method, labeled_urls, pool_urls, steps, epoch, classes):
-    """One epoch of (labeled, unlabeled) batch pairs; unlabeled is None for the supervised method.
-    The streams' draws depend on (seed, rank, worker, epoch) only, so a resumed run draws the same clips."""
-    common = dict(batch_size=config.batch_size, clip_len=config.clip_len, interval=config.frame_interval,
-                  size=config.size, area=(config.crop_area, 1.0), modalities=method.modalities, epoch_batches=steps, epoch=epoch,
-                  classes=classes)
-    labeled = data.loader(data.train_stream(labeled_urls, labeled=True, seed=2 * config.seed, **common), config.workers)
-    if not method.uses_unlabeled:
-        return ((batch, None) for batch in labeled)
-    unlabeled = data.loader(data.train_stream(pool_urls, labeled=False, seed=2 * config.seed + 1, **common),
-                            config.workers)
-    return zip(labeled, unlabeled)
+def validating(config: TrainConfig, epoch: int) -> bool:
+    """Whether the run validates after epoch `epoch` (0-based): every eval_every epochs, and after the last."""
+    return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+
+
+def precise_bn_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether PreciseBN runs after epoch `epoch`: before every validation, and every precise_bn_every epochs."""
+    return config.precise_bn_batches > 0 and (validating(config, epoch) or (epoch + 1) % config.precise_bn_every == 0)
 
 
 def pool_shards(root: Path, dataset: dict) -> list[str]:
@@ -192,29 +198,18 @@ def networks(method) -> dict:
     return {modality: getattr(method, modality) for modality in method.modalities}
 
 
-def recompute_bn(nets: dict, config, pool_urls, classes: int, device, autocast, epoch: int = 0,
-                 workers: int | None = None) -> None:
-    """PreciseBN of the networks on precise_bn_batches batches of training-pool clips per rank (a resampled
-    stream: the same count on every rank, other clips at each epoch)."""
-    # area 1: no box of the whole frame's area fits a drawn aspect ratio, so every clip gets the fallback, the
-    # centred square: with the centre crop below, the reference's val view (the flip does not change BN's statistics)
-    stream = data.train_stream(pool_urls, batch_size=config.batch_size, clip_len=config.clip_len,
-                               interval=config.frame_interval, size=config.load_size, area=(1.0, 1.0),
-                               modalities=tuple(nets),
-                               labeled=False, epoch_batches=config.precise_bn_batches, seed=2 * config.seed + 2,
-                               epoch=epoch, classes=classes)
-    batches = data.loader(stream, config.workers if workers is None else workers)
+def recompute_bn(nets: dict, config, pool_urls, classes: int, device, autocast, workers: int) -> None:
+    """PreciseBN of the networks once, with a loader of its own (a checkpoint's, before `tgtrain eval`)."""
+    batches = data.loader(precise_bn_stream(config, pool_urls, tuple(nets), classes), workers)
     precise_bn.recompute(nets, batches, config.precise_bn_batches, config.size, device, autocast)
 
 
-def validate(net, modality: str, val_urls, config, device, autocast, classes: int) -> float:
+def validate(net, modality: str, loaders: RunLoaders, config, device, autocast) -> float:
     """Top-1 (%) of one network on one centre clip per val video, centre-cropped at the training size (the
-    reference's val pipeline), over all ranks."""
-    stream = data.eval_stream(val_urls, batch_size=config.batch_size * 2, clip_len=config.clip_len,
-                              interval=config.frame_interval, size=config.load_size, clips=1, crops=1,
-                              modality=modality, classes=classes)
-    found = evaluate(net, data.loader(stream, config.workers), device, autocast, crop=config.size, modality=modality)
-    return found["top1"]
+    reference's val pipeline), over all ranks. Eager even when compiled: a few batches of other shapes, in eval mode,
+    would each cost a compilation."""
+    with torch.compiler.set_stance("force_eager"):
+        return evaluate(net, loaders.val(modality), device, autocast, crop=config.size, modality=modality)["top1"]
 
 
 def learning_rate(epoch: int, step: int, steps_per_epoch: int, config: TrainConfig, peak: float) -> float:
@@ -231,14 +226,15 @@ def learning_rate(epoch: int, step: int, steps_per_epoch: int, config: TrainConf
 def setup_distributed(choice: str):
     """(rank, world size, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them, one process."""
     device, _ = device_and_autocast(choice)
-    cuda = device.type == "cuda"
     if "RANK" not in os.environ:
         return 0, 1, device
-    dist.init_process_group("nccl" if cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local)
-    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+    if device.type == "cuda":  # the device first, then a group bound to it: NCCL never guesses a rank's GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def share_cpu(processes: int) -> None:
@@ -292,7 +288,7 @@ def trained_rgb_net(ckpt: Path, data_root: Path, device, autocast, workers: int)
     method.to(device)
     if config.precise_bn_batches and not checkpoint.get("precise_bn"):
         recompute_bn({"rgb": method.rgb}, config, pool_shards(data_root, dataset), len(classes), device, autocast,
-                     workers=workers)
+                     workers)
     return method.rgb, config, classes
 
 

@@ -3,6 +3,10 @@
 Putting the loss inside forward lets DistributedDataParallel see every parameter a step uses. Inference is the
 RGB network alone (`method.rgb`), for every method: LTG's TG network only teaches during training. Clips arrive
 as the weak view already (the loader crops and flips them, tgtrain.clips); the strong view is drawn here.
+
+FixMatch and LTG forward the strong views from the first step, also during the supervised warm-up when no loss
+uses them, as the reference code does: its batch of labeled, weak and strong clips goes through each network at
+once, so BN's batch statistics (and, through them, the supervised gradient) always include the strong views.
 """
 
 import torch
@@ -11,22 +15,33 @@ from torch import nn
 
 from tgtrain import augment, losses
 from tgtrain.config import TrainConfig
+from tgtrain.execution import input_format
 from tgtrain.models import VideoNet
 
 
-class Supervised(nn.Module):
+class Method(nn.Module):
+    """What the three share: the config, and uint8 clips made into the networks' float input."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.config = config
+
+    def normalize(self, clips):
+        return augment.normalize(clips, input_format(self.config.channels_last))
+
+
+class Supervised(Method):
     """RGB network, labeled clips only, cross-entropy."""
 
     modalities = ("rgb",)
     uses_unlabeled = False
 
     def __init__(self, config: TrainConfig, num_classes: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.rgb = VideoNet(num_classes, config.width, config.blocks, config.dropout, projection_dim=0)
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
-        loss = F.cross_entropy(self.rgb(augment.normalize(labeled["rgb"])).logits.float(), labeled["label"])
+        loss = F.cross_entropy(self.rgb(self.normalize(labeled["rgb"])).logits.float(), labeled["label"])
         return loss, {"loss_sup": loss.detach()}
 
 
@@ -37,11 +52,8 @@ class FixMatch(Supervised):
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
         c, b = self.config, len(labeled["label"])
-        views = [labeled["rgb"], unlabeled["rgb"]]
-        if use_unlabeled:
-            views += augment.strong(unlabeled["rgb"], generator=generator, n_ops=c.strong_ops,
-                                    magnitude=c.strong_magnitude)
-        logits = self.rgb(augment.normalize(torch.cat(views))).logits.float()
+        strong = augment.strong(unlabeled["rgb"], generator=generator, n_ops=c.strong_ops, magnitude=c.strong_magnitude)
+        logits = self.rgb(self.normalize(torch.cat([labeled["rgb"], unlabeled["rgb"], *strong]))).logits.float()
         sup = F.cross_entropy(logits[:b], labeled["label"])
         stats = {"loss_sup": sup.detach()}
         if not use_unlabeled:
@@ -52,33 +64,29 @@ class FixMatch(Supervised):
         return sup + unsup, stats
 
 
-class LTG(nn.Module):
+class LTG(Method):
     """Learning from Temporal Gradient: an RGB and a TG network that teach each other.
 
     Per step: supervised CE on labeled clips (both modalities); pseudo-labels from the averaged weak-view logits
     of both train the strong views of both; dense alignment of RGB features to the (detached) TG features at all
-    four stages; cross-modal InfoNCE over the global batch. The unlabeled CE waits for the supervised warm-up.
+    four stages; cross-modal InfoNCE over the global batch. The unlabeled CE waits for the supervised warm-up
+    (the strong views are forwarded all the same, see above).
     """
 
     modalities = ("rgb", "tg")
     uses_unlabeled = True
 
     def __init__(self, config: TrainConfig, num_classes: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.rgb = VideoNet(num_classes, config.width, config.blocks, config.dropout, config.proj_dim)
         self.tg = VideoNet(num_classes, config.width, config.blocks, config.dropout, config.proj_dim)
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
         c, b = self.config, len(labeled["label"])
-        rgb_views, tg_views = [labeled["rgb"], unlabeled["rgb"]], [labeled["tg"], unlabeled["tg"]]
-        if use_unlabeled:  # strong ops drawn independently for RGB and TG
-            rgb_s, tg_s = augment.strong(unlabeled["rgb"], unlabeled["tg"], generator=generator, n_ops=c.strong_ops,
-                                         magnitude=c.strong_magnitude)
-            rgb_views.append(rgb_s)
-            tg_views.append(tg_s)
-        rgb = self.rgb(augment.normalize(torch.cat(rgb_views)))
-        tg = self.tg(augment.normalize(torch.cat(tg_views)))
+        rgb_s, tg_s = augment.strong(unlabeled["rgb"], unlabeled["tg"], generator=generator, n_ops=c.strong_ops,
+                                     magnitude=c.strong_magnitude)  # drawn independently for RGB and TG
+        rgb = self.rgb(self.normalize(torch.cat([labeled["rgb"], unlabeled["rgb"], rgb_s])))
+        tg = self.tg(self.normalize(torch.cat([labeled["tg"], unlabeled["tg"], tg_s])))
 
         sup = F.cross_entropy(rgb.logits[:b].float(), labeled["label"]) + F.cross_entropy(tg.logits[:b].float(), labeled["label"])
         weak_rows = slice(0, 2 * b)  # labeled + weak unlabeled: the clips both networks see alike
