@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from tests.test_data import shards, stream  # noqa: F401 (shards is a fixture)
 from tgtrain import shared_batches
@@ -111,7 +111,8 @@ class Numbered(IterableDataset):
         self.count = count
 
     def __iter__(self):
-        for k in range(self.count):
+        info = get_worker_info()  # each worker its share of the numbers
+        for k in range(info.id if info else 0, self.count, info.num_workers if info else 1):
             yield shared_batches.batch({"rgb": numbered(k)}, {"number": k})
 
 

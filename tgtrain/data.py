@@ -325,7 +325,8 @@ def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: in
 def loader(stream: IterableDataset, workers: int, timeout: float = WORKER_TIMEOUT) -> DataLoader:
     """A DataLoader over a stream that batches itself; workers persist, so each keeps its pass counter. A batch
     that takes longer than `timeout` seconds raises (a worker stuck in a read), where torch would wait forever.
-    No pin_memory: on CUDA the batches' slots are page-locked themselves (tgtrain.shared_batches), and torch's pin
-    thread would copy every batch out of them."""
-    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                      timeout=timeout if workers > 0 else 0)
+    On CUDA, torch's pin_memory thread receives each batch, off the training thread (its file descriptor comes over
+    a socket from the worker); the batches' slots are page-locked already (tgtrain.shared_batches), so it copies
+    nothing: pin_memory() returns a pinned tensor as it is."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=workers > 0, timeout=timeout if workers > 0 else 0)

@@ -127,7 +127,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     summary = {"rank": rank, "method": config.method, "best_top1": state["best"], "best_epoch": state["best_epoch"],
                "chance": 1 / len(classes), "epochs": config.epochs, "minutes": (time.perf_counter() - started) / 60,
                "out": str(out)}
-    if world > 1:  # every rank done with every collective before any tears its group down
+    if dist.is_initialized():  # torchrun, even with one process: every rank done with every collective first
         dist.barrier()
         dist.destroy_process_group()
     return summary
