@@ -39,6 +39,7 @@ from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402
 from tgtrain import data  # noqa: E402
 from tgtrain.config import make_config  # noqa: E402
+from tgtrain.shards import Data  # noqa: E402
 from tgtrain.engine import (StepStats, device_and_autocast, epoch_batches, pool_shards, to_device,  # noqa: E402
                             train_step)
 from tgtrain.methods import LTG, build_method  # noqa: E402
@@ -96,7 +97,7 @@ def loader_speed(config, root: Path, workers: int, batches_per_worker: int) -> f
     dataset = json.loads((root / "dataset.json").read_text())
     total = batches_per_worker * workers + workers
     pairs = epoch_batches(replace(config, workers=workers), LTG, data.shard_urls(root, "labeled"),
-                          pool_shards(root, dataset), total, 0, len(dataset["classes"]))
+                          pool_shards(Data(root)), total, 0, len(dataset["classes"]))
     for i, _ in enumerate(pairs):
         if i == workers - 1:  # every worker has delivered once: started and warm
             start = time.perf_counter()
@@ -109,7 +110,7 @@ def fed_speed(method, config, root: Path, device, autocast, workers: int, steps:
     config = replace(config, workers=workers)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=config.momentum)
     generator, stats = torch.Generator().manual_seed(0), StepStats()
-    pairs = epoch_batches(config, LTG, data.shard_urls(root, "labeled"), pool_shards(root, dataset), steps + workers, 0,
+    pairs = epoch_batches(config, LTG, data.shard_urls(root, "labeled"), pool_shards(Data(root)), steps + workers, 0,
                          len(dataset["classes"]))
     for i, (labeled, unlabeled) in enumerate(pairs):
         if i == workers:
