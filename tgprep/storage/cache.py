@@ -40,12 +40,16 @@ class ShardCache:
         the copy from eviction until it, and every memory map of it, is closed."""
         folder = Path(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
-        copy = folder / f"{sha256}.tar"
+        copy = self.copy(sha256)
         held = _pinned(copy, size)
         if held is None:
             with _locked(folder / f"{sha256}.lock"):  # another process may be fetching it: wait, then take its copy
                 held = _pinned(copy, size) or self._fetch(place, name, size, sha256, copy)
         return held
+
+    def copy(self, sha256: str) -> Path:
+        """Where the copy of the shard with this sha256 is, while one of its readers holds it open."""
+        return Path(self.folder) / f"{sha256}.tar"
 
     def used(self) -> int:
         """Bytes in the folder's copies and in the fetches under way."""

@@ -4,6 +4,7 @@ tried again a bounded number of times with growing pauses, and a file that canno
 
 import hashlib
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from tgprep.storage.place import Place, Policy, StorageError, Transient, explain
@@ -14,28 +15,32 @@ UNREACHABLE = "check the server, the URL and the network, then run the command a
 
 
 class _Received:
-    """The bytes of one fetch so far: the file, how many, their running sha256."""
+    """The bytes of one fetch so far: the file they go to (None: hashed only), how many, their running sha256."""
 
     def __init__(self, file):
         self.file = file
         self.restart()
 
     def restart(self) -> None:
-        self.file.seek(0)
-        self.file.truncate()
+        if self.file is not None:
+            self.file.seek(0)
+            self.file.truncate()
         self.got, self.digest = 0, hashlib.sha256()
 
     def add(self, chunk: bytes) -> None:
-        self.file.write(chunk)
+        if self.file is not None:
+            self.file.write(chunk)
         self.digest.update(chunk)
         self.got += len(chunk)
 
 
-def fetch(place: Place, name: str, dest: Path, size: int, sha256: str | None = None, policy: Policy = Policy()) -> str:
-    """Copy place/name into the new file dest: exactly `size` bytes, with this sha256 when given. Returns the sha256
-    of what was written. StorageError (one line, the URL and the fix) once policy.tries attempts have failed."""
+def fetch(place: Place, name: str, dest: Path | None, size: int, sha256: str | None = None,
+          policy: Policy = Policy()) -> str:
+    """Copy place/name into the new file dest (None: only hash it): exactly `size` bytes, with this sha256 when
+    given. Returns the sha256 of the bytes. StorageError (one line, the URL and the fix) once policy.tries attempts
+    have failed."""
     problem, fix = "", UNREACHABLE
-    with open(dest, "xb") as out:
+    with open(dest, "xb") if dest is not None else nullcontext() as out:
         received = _Received(out)
         for attempt in range(policy.tries):
             if attempt:

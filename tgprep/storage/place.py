@@ -148,6 +148,7 @@ class Place:
 
     def check_bucket(self) -> None:
         """Refuse a bucket that does not exist or cannot be reached, in one line, before any work."""
+        self._writable()
         bucket = self._key("").split("/", 1)[0]
         try:
             with self._errors():
