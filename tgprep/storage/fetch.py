@@ -7,11 +7,10 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from tgprep.storage.place import Place, Policy, StorageError, Transient, explain
+from tgprep.storage.place import UNREACHABLE, Place, Policy, StorageError, Transient, explain
 
 DIFFERS = ("it differs from what the build recorded: run the same `tgprep build` again (it rewrites a shard that "
            "does not match its sidecar), or check the output with `tgprep verify`")
-UNREACHABLE = "check the server, the URL and the network, then run the command again"
 
 
 class _Received:

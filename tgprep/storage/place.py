@@ -31,6 +31,7 @@ CREDENTIALS = {
     "gs": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS (a public bucket: "
           "--storage-option token=anon)",
 }
+UNREACHABLE = "check the server, the URL and the network, then run the command again"
 # botocore's and google-auth's names for "no usable credentials", matched by name so that neither is imported here
 CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
                      "DefaultCredentialsError", "RefreshError")
@@ -85,7 +86,7 @@ class Place:
                 if len(data) > limit:
                     break
 
-        retried(read, policy)
+        retried(read, policy, self.url(name))
         limits.check_size(len(data), limit)
         return bytes(data)
 
@@ -133,11 +134,7 @@ class Place:
         so it is invisible); gcsfs a simple or a resumable upload, deleted on an error. Never fs.open(name, "wb"),
         whose close completes a multipart upload even after an error."""
         self._writable()
-        retried(lambda: self._call(name, lambda fs, key: fs.put_file(str(local), key)), policy)
-
-    def put_bytes(self, data: bytes, name: str, policy: Policy = Policy()) -> None:
-        self._writable()
-        retried(lambda: self._call(name, lambda fs, key: fs.pipe_file(key, data)), policy)
+        retried(lambda: self._call(name, lambda fs, key: fs.put_file(str(local), key)), policy, self.url(name))
 
     def delete(self, name: str) -> None:
         self._writable()
@@ -209,14 +206,15 @@ def place(location, options=()) -> Place:
     return Place(f"{scheme}://{rest.rstrip('/')}", tuple(options))
 
 
-def retried(action: Callable, policy: Policy):
-    """action(), tried again after a Transient failure, `policy.tries` times in all with growing pauses."""
+def retried(action: Callable, policy: Policy, where: str):
+    """action(), tried again after a Transient failure, `policy.tries` times in all with growing pauses; then one
+    line naming `where`."""
     for attempt in range(policy.tries):
         try:
             return action()
-        except Transient:
+        except Transient as e:
             if attempt + 1 == policy.tries:
-                raise
+                raise StorageError(f"{where}: {e}, after {policy.tries} tries; {UNREACHABLE}") from None
             time.sleep(policy.backoff * 2 ** attempt)
 
 
