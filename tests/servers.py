@@ -21,25 +21,37 @@ class S3:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.held, self.release, self.holding = threading.Event(), threading.Event(), False
+        self.held, self.release, self.dropped = threading.Event(), threading.Event(), threading.Event()
+        self.holding, self.let_through, self.puts = False, 0, 0
         self.app = DomainDispatcherApplication(create_backend_app)
         self.server = make_server(HOST, 0, self.wsgi, threaded=True)
         self.url = f"http://{HOST}:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def hold(self, let_through: int) -> None:
+        """From now on, let `let_through` tar uploads pass, then hold the next until release is set."""
+        self.held.clear(), self.release.clear(), self.dropped.clear()
+        self.holding, self.let_through, self.puts = True, let_through, 0
+
     def wsgi(self, environ, start_response):
-        """moto's app; while `holding`, a tar's PUT waits (at most 20 s) before its body is read, and one whose client
-        went away meanwhile gets a 400 without reaching moto, as S3 drops an upload it did not receive whole."""
+        """moto's app. A held tar's PUT waits (at most 20 s) before its body is read; one whose client went away
+        meanwhile gets a 400 without reaching moto, as S3 drops an upload it did not receive whole."""
         if self.holding and environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith(".tar"):
-            self.held.set()
-            self.release.wait(20)
-            size = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(size)
-            if len(body) < size:
-                start_response("400 Bad Request", [("Content-Length", "0")])
-                return [b""]
-            environ["wsgi.input"] = io.BytesIO(body)
+            self.puts += 1
+            if self.puts > self.let_through:
+                self.held.set()
+                self.release.wait(20)
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                try:
+                    body = environ["wsgi.input"].read(size)
+                except OSError:
+                    body = b""
+                if len(body) < size:
+                    self.dropped.set()
+                    start_response("400 Bad Request", [("Content-Length", "0")])
+                    return [b""]
+                environ["wsgi.input"] = io.BytesIO(body)
         return self.app(environ, start_response)
 
     def bucket(self) -> str:

@@ -151,8 +151,11 @@ class TrainStream(IterableDataset):
     def __iter__(self):
         number, workers = worker()
         rng = np.random.default_rng([self.seed, self.rank, number, self.epoch])
+        # shards drawn from a generator of their own: fetched draws the next one ahead of time, and must not change
+        # what the shuffle and the clips draw, so that remote shards give the batches the same local ones do
+        draws = np.random.default_rng([self.seed, self.rank, number, self.epoch, 1])
         self.epoch += 1
-        samples = shuffled(tar_samples(fetched(resampled(self.urls, rng))), self.shuffle, rng)
+        samples = shuffled(tar_samples(fetched(resampled(self.urls, draws))), self.shuffle, rng)
         clips = (self.clip(sample, rng) for sample in samples)
         batches = batched(clips, self.batch_size, partial=False)
         for batch in islice(batches, share(self.epoch_batches, number, workers)):
