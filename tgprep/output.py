@@ -132,8 +132,9 @@ def resume(output: Output, tasks: list[ShardTask], check: str, workers: int) -> 
     done = [side for task, side in zip(tasks, sidecars) if task.name in matched]
     for task, side in zip(tasks, sidecars):
         if side is not None and task.name not in matched:
-            print(f"note: {output.place.url(side['shard'])} does not match its sidecar "
-                  f"({'sha256' if sizes.get(side['shard']) == side['bytes'] else 'size'}); writing it again",
+            size = sizes.get(side["shard"])
+            why = "sha256" if size == side["bytes"] else "missing" if size is None else f"{size} bytes, not {side['bytes']}"
+            print(f"note: {output.place.url(side['shard'])} does not match its sidecar ({why}); writing it again",
                   file=sys.stderr)
             output.remove(f"{task.name}.json")
     return done, [task for task in tasks if task.name not in matched]

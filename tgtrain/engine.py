@@ -271,12 +271,12 @@ def device_and_autocast(choice: str):
     return device, torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def trained_rgb_net(ckpt: Path, source: Data, device, autocast, workers: int):
+def trained_rgb_net(ckpt: Path, data_root: str, storage: Storage, device, autocast, workers: int):
     """The RGB network of a checkpoint (inference is RGB-only), its config, and the classes; checked against the
     data. Its BN statistics are recomputed on the data's training pool if the run did not do so before saving."""
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint_config(checkpoint, ckpt)
-    classes = checkpoint["classes"]
+    classes, source = checkpoint["classes"], Data(data_root, storage)
     if source.dataset["classes"] != classes:
         raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {source.location}; "
                         "evaluate on the dataset it was trained on")
@@ -286,7 +286,7 @@ def trained_rgb_net(ckpt: Path, source: Data, device, autocast, workers: int):
     if config.precise_bn_batches and not checkpoint.get("precise_bn"):
         recompute_bn({"rgb": method.rgb}, config, pool_shards(source), len(classes), device, autocast,
                      workers=workers)
-    return method.rgb, config, classes
+    return method.rgb, config, classes, source
 
 
 def test_stream(config: TrainConfig, source: Data, clips, crops, batch_size, workers, classes: int):
@@ -306,8 +306,7 @@ def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device, s
     """`tgtrain eval`: clips x crops views per video (squares along the long side, as test_views says), RGB only,
     as a printable report."""
     device, autocast = device_and_autocast(device)
-    source = Data(data, storage)
-    net, config, classes = trained_rgb_net(ckpt, source, device, autocast, workers)
+    net, config, classes, source = trained_rgb_net(ckpt, data, storage, device, autocast, workers)
     stream = test_stream(config, source, clips, crops, batch_size, workers, len(classes))
     return format_report(evaluate(net, stream, device, autocast, crop=test_crop(config)), classes)
 
@@ -315,7 +314,6 @@ def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device, s
 def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device, storage: Storage = Storage()) -> int:
     """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
     device, autocast = device_and_autocast(device)
-    source = Data(data, storage)
-    net, config, classes = trained_rgb_net(ckpt, source, device, autocast, workers)
+    net, config, classes, source = trained_rgb_net(ckpt, data, storage, device, autocast, workers)
     stream = test_stream(config, source, clips, crops, batch_size, workers, len(classes))
     return write_predictions(net, stream, device, autocast, out, classes, crop=test_crop(config))
