@@ -21,7 +21,7 @@ class S3:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.held, self.release, self.dropped = threading.Event(), threading.Event(), threading.Event()
+        self.held, self.release, self.answered = threading.Event(), threading.Event(), threading.Event()
         self.holding, self.let_through, self.puts = False, 0, 0
         self.app = DomainDispatcherApplication(create_backend_app)
         self.server = make_server(HOST, 0, self.wsgi, threaded=True)
@@ -31,12 +31,13 @@ class S3:
 
     def hold(self, let_through: int) -> None:
         """From now on, let `let_through` tar uploads pass, then hold the next until release is set."""
-        self.held.clear(), self.release.clear(), self.dropped.clear()
+        self.held.clear(), self.release.clear(), self.answered.clear()
         self.holding, self.let_through, self.puts = True, let_through, 0
 
     def wsgi(self, environ, start_response):
-        """moto's app. A held tar's PUT waits (at most 20 s) before its body is read; one whose client went away
-        meanwhile gets a 400 without reaching moto, as S3 drops an upload it did not receive whole."""
+        """moto's app. A held tar's PUT waits (at most 20 s) before its body is read. One whose body did not all
+        arrive gets a 400 without reaching moto, as S3 drops a PUT it did not receive whole (a small body may well
+        have arrived whole before its client was killed: the kernel had it)."""
         if self.holding and environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith(".tar"):
             self.puts += 1
             if self.puts > self.let_through:
@@ -48,10 +49,13 @@ class S3:
                 except OSError:
                     body = b""
                 if len(body) < size:
-                    self.dropped.set()
+                    self.answered.set()
                     start_response("400 Bad Request", [("Content-Length", "0")])
                     return [b""]
                 environ["wsgi.input"] = io.BytesIO(body)
+                answer = self.app(environ, start_response)
+                self.answered.set()
+                return answer
         return self.app(environ, start_response)
 
     def bucket(self) -> str:
