@@ -1,8 +1,10 @@
 """Remote shards: training clips/s of a cold and a cached epoch from a web server on 127.0.0.1, beside local shards.
 
 Run from the project root: python bench/remote.py [--frames 3000] [--workers 2] [--batch 8] [--work DIR] [--json PATH]
+(the bench extra, pip install -e '.[bench]': it times with bench/loader.py's clips_per_second, whose module needs it)
 
-The corpus is bench/corpus.py's, built into frame shards of 10 videos by tgprep.build.build. The same shards are
+The corpus is bench/corpus.py's, built into frame shards of --videos-per-shard videos by tgprep.build.build (4: a
+cold epoch then fetches a shard every few batches). The same shards are
 read three ways, through the same tgtrain.data.train_stream (8 RGB + 8 TG frames, 8 apart, weak view at --size),
 each through a DataLoader with --workers workers:
   local:  the folder, memory-mapped;
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=24, help="batches timed per way and round")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--videos-per-shard", type=int, default=4)
     parser.add_argument("--work", type=Path, help="folder for the corpus and outputs, kept [default: temporary]")
     parser.add_argument("--json", type=Path, help="where to write the results [default: <work>.json, beside it]")
     args = parser.parse_args()
@@ -72,7 +75,7 @@ def main() -> None:
         corpus.make_corpus(work, args.frames)
         shutil.rmtree(shards, ignore_errors=True)
         build(BuildConfig(dataset="folder", root=str(work / "corpus"), out=str(shards), ratio=0.5, short_side=0,
-                          videos_per_shard=10))
+                          videos_per_shard=args.videos_per_shard))
         server, url = serve(shards, log)
         total = args.batches + args.workers  # each worker's first batch is not timed
 

@@ -277,6 +277,7 @@ def trained_rgb_net(ckpt: Path, data_root: str, storage: Storage, device, autoca
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint_config(checkpoint, ckpt)
     classes, source = checkpoint["classes"], Data(data_root, storage)
+    source.check_cache(streams=1, workers=workers, shuffle=data.SHUFFLE)  # PreciseBN's stream, then the test's
     if source.dataset["classes"] != classes:
         raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {source.location}; "
                         "evaluate on the dataset it was trained on")
