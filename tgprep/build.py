@@ -23,8 +23,8 @@ from tgprep.config import BuildConfig
 from tgprep.datasets.common import Listing, Record
 from tgprep.errors import MissingVideosError, UserError
 from tgprep.executor import LocalExecutor, WorkerError
-from tgprep.output import (Output, clear_output, default_stage, output_lock, output_of, remove_temporaries, resume,
-                           stopped)
+from tgprep.output import (Output, clear_output, clear_stage, default_stage, output_lock, output_of,
+                           remove_temporaries, resume, stopped)
 from tgprep.sample import make_sample
 from tgprep.shards import SETS, ShardTask, plan_shards, write_json_atomic, write_shard
 from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
@@ -80,7 +80,8 @@ def _build(config: BuildConfig, output: Output, command: list[str] | None) -> Bu
     if output.remote:
         output.place.check_bucket()
     output.stage.mkdir(parents=True, exist_ok=True)
-    with output_lock(output.stage):
+    with output_lock(output.stage, output.place.url()):
+        clear_stage(output)
         listing = datasets.scan(config)
         check_missing(listing, config, output)
         splits = choose_splits(listing, config)

@@ -76,13 +76,14 @@ def default_stage(place: Place) -> Path:
 
 
 @contextmanager
-def output_lock(stage: Path):
+def output_lock(stage: Path, where: str | None = None):
     """Refuse a second build into the same output while one runs; the OS drops the lock if we are killed."""
     with open(stage / ".lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{stage}: another tgprep build is writing here; wait for it or use another --out") from None
+            raise UserError(f"{where or stage}: another tgprep build is writing here; wait for it or use another "
+                            "--out") from None
         yield
 
 
@@ -91,6 +92,15 @@ def remove_temporaries(stage: Path) -> None:
     called under the output lock, when no worker of ours is left."""
     for stale in stage.glob("*.tmp*"):
         stale.unlink(missing_ok=True)
+
+
+def clear_stage(output: Output) -> None:
+    """A bucket's stage keeps nothing between runs but its lock: what a killed run had not uploaded goes (the
+    bucket decides what is finished), under the lock."""
+    if output.remote:
+        for stale in [*output.stage.glob("*.tar"), *output.stage.glob("*.json"), *output.stage.glob("*.txt"),
+                      *output.stage.glob("*.jsonl"), *output.stage.glob("manifests/*.txt")]:
+            stale.unlink(missing_ok=True)
 
 
 def clear_output(output: Output) -> None:

@@ -43,9 +43,9 @@ class Data:
         """Refuse a cache limit below what this node's loaders hold at once. Each worker (or the process itself, with
         no workers) holds the shard it reads, the one it fetches ahead and those whose samples wait in its shuffle
         buffer; each of `streams` loaders open at once has `workers`; and so has every rank of this node."""
-        if self.cache is None:
+        entries = [e for e in self.dataset["shards"] or [] if e["samples"]]
+        if self.cache is None or not entries:
             return
-        entries = [e for e in self.dataset["shards"] if e["samples"]]
         per_worker = 1 + math.ceil(1.5 * buffer_span(shuffle, min(e["samples"] for e in entries)))
         readers = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) * streams * max(workers, 1)
         self.cache.check_room(min(len(entries), readers * per_worker), max(e["bytes"] for e in entries),

@@ -5,6 +5,7 @@
   fetch    a whole file into a local one: bounded tries with backoff, resumed by Range, checked size and sha256
   cache    the node's bounded cache of fetched shards, shared by every rank and worker, flock-safe
   index    a finished build's dataset.json as the index of its shards, and settings from the command line
+  options  the command-line options of both programs for all of it, defined once
 
 fsspec, s3fs and gcsfs (`pip install 'tgprep[remote]'`) are imported only when an s3:// or gs:// URL is used.
 """

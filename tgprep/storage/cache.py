@@ -38,8 +38,7 @@ class ShardCache:
     def open(self, place: Place, name: str, size: int, sha256: str) -> limits.BoundedFile:
         """The local copy of place/name, fetched first if this node has none: an open file whose shared lock keeps
         the copy from eviction until it, and every memory map of it, is closed."""
-        folder = Path(self.folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = made(Path(self.folder))
         copy = self.copy(sha256)
         held = _pinned(copy, size)
         if held is None:
@@ -103,7 +102,7 @@ def limit_from(text: str | None, folder: Path) -> int:
     free space plus what the cache holds (e.g. 50%, the default)."""
     text = (text or "50%").strip()
     if text.endswith("%"):
-        folder.mkdir(parents=True, exist_ok=True)
+        made(folder)
         room = shutil.disk_usage(folder).free + ShardCache(str(folder), 0).used()
         return int(room * _number(text[:-1], text) / 100)
     return size_from(text)
@@ -126,6 +125,15 @@ def human(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.3g}{unit}"
     return f"{size}B"
+
+
+def made(folder: Path) -> Path:
+    """The cache folder, made if missing; one line if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"{folder}: {e.strerror}; give --cache a folder on a local disk that you can write") from None
+    return folder
 
 
 def _number(text: str, whole: str) -> float:

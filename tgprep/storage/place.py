@@ -114,8 +114,7 @@ class Place:
     def sizes(self) -> dict[str, int]:
         """The files directly under this place and their sizes ({} for a folder or prefix that does not exist)."""
         if self.scheme in WEB:
-            raise StorageError(f"{self.root}: a web server cannot be listed, and no finished dataset.json was found "
-                               "there; serve the output of a finished `tgprep build`")
+            raise StorageError(f"{self.root}: a web server cannot be listed; read it through its dataset.json")
         if not self.remote:
             try:
                 return {e.name: e.stat().st_size for e in os.scandir(self.root) if e.is_file()}
