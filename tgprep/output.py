@@ -14,6 +14,7 @@ written again, in the folder or in the bucket.
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -97,10 +98,10 @@ def remove_temporaries(stage: Path) -> None:
 def clear_stage(output: Output) -> None:
     """A bucket's stage keeps nothing between runs but its lock: what a killed run had not uploaded goes (the
     bucket decides what is finished), under the lock."""
-    if output.remote:
-        for stale in [*output.stage.glob("*.tar"), *output.stage.glob("*.json"), *output.stage.glob("*.txt"),
-                      *output.stage.glob("*.jsonl"), *output.stage.glob("manifests/*.txt")]:
-            stale.unlink(missing_ok=True)
+    if output.remote:  # only names a build writes: --stage may be a folder that holds other files too
+        for name in [*(p.name for p in output.stage.iterdir() if p.is_file()), *ROOT_FILES[3:]]:
+            if name in ROOT_FILES or re.fullmatch(rf"({'|'.join(SETS)})-[0-9]{{6,}}\.(tar|json)", name):
+                (output.stage / name).unlink(missing_ok=True)
 
 
 def clear_output(output: Output) -> None:

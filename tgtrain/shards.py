@@ -49,7 +49,7 @@ class Data:
         per_worker = 1 + math.ceil(1.5 * buffer_span(shuffle, min(e["samples"] for e in entries)))
         readers = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) * streams * max(workers, 1)
         self.cache.check_room(min(len(entries), readers * per_worker), max(e["bytes"] for e in entries),
-                              f"{readers} loader workers")
+                              f"{readers} loader {'workers' if workers else 'streams'}")
 
 
 def buffer_span(buffer: int, samples: int) -> float:
