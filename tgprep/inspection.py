@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tgprep import limits, schema
+from tgprep import limits
 from tgprep.errors import UserError
 from tgprep.sample import FIELDS, SampleError, decode_frames, tg_from_stored
 from tgprep.video_decode import clip_frames
