@@ -19,7 +19,7 @@ $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+	$(PY) -m pip install --quiet -e '.[test,ray,remote]'
 	touch $(READY)
 
 # The demo's labeled ratio: the low one of bench/accuracy.py's table, whose cells its end cites.

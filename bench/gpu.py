@@ -41,10 +41,11 @@ from train_step import synthetic_batch  # noqa: E402
 
 from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402
-from tgtrain import data, execution  # noqa: E402
+from tgtrain import execution  # noqa: E402
 from tgtrain.config import make_config  # noqa: E402
 from tgtrain.engine import StepStats, device_and_autocast, networks, pool_shards, to_device, train_step  # noqa: E402
 from tgtrain.loaders import RunLoaders  # noqa: E402
+from tgtrain.shards import Data  # noqa: E402
 from tgtrain.methods import LTG, build_method  # noqa: E402
 
 CLASSES = 51  # HMDB-51's
@@ -113,9 +114,9 @@ def step_speed(method, config, device, autocast, steps: int, warmup: int) -> dic
 
 def run_loaders(config, root: Path, workers: int, steps: int) -> RunLoaders:
     """The run's loaders at `workers` processes per stream, each epoch `steps` batch pairs."""
-    dataset = json.loads((root / "dataset.json").read_text())
-    return RunLoaders(replace(config, workers=workers), LTG, data.shard_urls(root, "labeled"),
-                      pool_shards(root, dataset), data.shard_urls(root, "val"), steps, 0, len(dataset["classes"]))
+    source = Data(root)
+    return RunLoaders(replace(config, workers=workers), LTG, source.shards("labeled"), pool_shards(source),
+                      source.shards("val"), steps, 0, len(source.dataset["classes"]))
 
 
 def loader_speed(config, root: Path, workers: int, batches_per_worker: int) -> float:

@@ -11,7 +11,6 @@ their difference is the start-up that keeping the loaders saves per epoch.
 """
 
 import argparse
-import json
 import resource
 import subprocess
 import sys
@@ -26,22 +25,22 @@ import corpus  # noqa: E402
 from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402
 from tgprep.synth import SynthConfig, generate  # noqa: E402
-from tgtrain import data  # noqa: E402
 from tgtrain.config import make_config  # noqa: E402
 from tgtrain.engine import pool_shards  # noqa: E402
 from tgtrain.loaders import RunLoaders  # noqa: E402
 from tgtrain.methods import LTG  # noqa: E402
+from tgtrain.shards import Data  # noqa: E402
 
 
 def epochs(root: Path, way: str, workers: int, count: int, steps: int) -> None:
     """`count` epochs of the five loaders' passes, the loaders made per epoch (fresh) or once (kept)."""
-    dataset = json.loads((root / "dataset.json").read_text())
+    source = Data(root)
     config = make_config("tiny", workers=workers, precise_bn_batches=steps)
-    urls = data.shard_urls(root, "labeled"), pool_shards(root, dataset), data.shard_urls(root, "val")
+    urls = source.shards("labeled"), pool_shards(source), source.shards("val")
     loaders = None
     for epoch in range(count):
         if way == "fresh" or loaders is None:
-            loaders = RunLoaders(config, LTG, *urls, steps, epoch, len(dataset["classes"]))
+            loaders = RunLoaders(config, LTG, *urls, steps, epoch, len(source.dataset["classes"]))
         for batches in (loaders.epoch(), loaders.precise_bn(), loaders.val("rgb"), loaders.val("tg")):
             for _ in batches:
                 pass

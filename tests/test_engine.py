@@ -117,17 +117,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["ltg", "supervised"])  # ltg also gathers features across ranks
-def test_two_ranks_on_uneven_shards_finish_with_the_same_parameters(shards, tmp_path, method):
-    ranks = mp.spawn(_ddp_rank, args=(micro(shards, tmp_path / "run", method), free_port(), tmp_path), nprocs=2,
-                     join=False)
+def two_ranks(config, folder: Path) -> tuple[dict, dict]:
+    """Train config on two gloo ranks, within 120 s; each rank's final parameters."""
+    ranks = mp.spawn(_ddp_rank, args=(config, free_port(), folder), nprocs=2, join=False)
     deadline = time.monotonic() + 120
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:
             for process in ranks.processes:
                 process.kill()
             pytest.fail("a 2-rank run did not finish in 120 s: a rank hangs")
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    return tuple(torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+
+@pytest.mark.parametrize("method", ["ltg", "supervised"])  # ltg also gathers features across ranks
+def test_two_ranks_on_uneven_shards_finish_with_the_same_parameters(shards, tmp_path, method):
+    rank0, rank1 = two_ranks(micro(shards, tmp_path / "run", method), tmp_path)
     assert_same_tensors(rank0, rank1)  # BN statistics included
     assert_same_tensors(rank0, state_dict_of(tmp_path / "run" / "last.pt"))
 

@@ -7,6 +7,7 @@ import click
 
 from tgprep.errors import OneLineErrors
 from tgprep.sample import SampleError
+from tgprep.storage.options import storage_options
 from tgtrain import engine
 from tgtrain.config import ALIASES, DEVICES, METHODS, PRESETS, make_config, to_toml
 
@@ -72,7 +73,8 @@ def recipe_options(command):
 
 
 @main.command()
-@click.option("--data", required=True, help="A `tgprep build` output folder.")
+@click.option("--data", required=True, help="A `tgprep build` output: a folder, s3://, gs:// or http(s):// URL.")
+@storage_options()
 @click.option("--out", help="Run folder [default: runs/latest].")
 @click.option("--method", type=click.Choice(METHODS), help="ltg (the paper), fixmatch or supervised [default: ltg].")
 @recipe_options
@@ -84,14 +86,14 @@ def recipe_options(command):
 @click.option("--device", type=click.Choice(DEVICES))
 @click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-def run(preset, config_file, settings, resume, **flags):
+def run(preset, config_file, settings, resume, storage, **flags):
     """Train; under `torchrun --nproc-per-node N -m tgtrain run ...` with DDP.
 
     Settings: defaults <- --preset <- --config <- --set <- the flags below. Writes config.toml, metrics.jsonl,
     curves.png, last.pt and best.pt into --out.
     """
     config = make_config(preset, config_file, settings, **flags)
-    done = engine.train(config, resume=resume)
+    done = engine.train(config, resume=resume, storage=storage)
     if done["rank"] == 0:
         click.echo(f"{done['method']}: best val top-1 {done['best_top1']:.1f} % at epoch {done['best_epoch']} "
                    f"(chance {100 * done['chance']:.1f} %), {done['epochs']} epochs in {done['minutes']:.1f} min; "
@@ -113,7 +115,8 @@ def config_command(preset, config_file, settings):
 def checkpoint_options(command):
     for option in reversed([
         click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="A tgtrain checkpoint (best.pt)."),
-        click.option("--data", required=True, type=click.Path(path_type=Path), help="A `tgprep build` output folder."),
+        click.option("--data", required=True, help="A `tgprep build` output: a folder, s3://, gs:// or http(s):// URL."),
+        storage_options(),
         click.option("--clips", type=int, help="Uniform clips per video [default: the run's test_clips, 10]."),
         click.option("--crops", type=click.Choice(["1", "3"]),
                      help="Squares per clip along the long side [default: the run's test_crops, 3]."),

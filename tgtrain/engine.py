@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tgprep import schema
 from tgprep.errors import UserError
+from tgprep.storage.index import Storage
 from tgtrain import data, execution, precise_bn, waiting
 from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from tgtrain.config import PRESETS, TrainConfig, to_toml
@@ -28,28 +28,31 @@ from tgtrain.curves import plot_curves
 from tgtrain.evaluate import evaluate, format_report, write_predictions
 from tgtrain.loaders import RunLoaders, precise_bn_stream
 from tgtrain.methods import build_method
+from tgtrain.shards import Data
 
 
 LOG_EVERY = 20  # steps between reads of the step statistics: each read waits for the device to catch up
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, storage: Storage = Storage()) -> dict:
     rank, world, device = setup_distributed(config.device)
     _, autocast = device_and_autocast(device.type)
     if device.type == "cpu":
         share_cpu(world)
-    out, root = Path(config.out), Path(config.data)
-    dataset = read_dataset(root)
+    out, root = Path(config.out), config.data
+    source = Data(root, storage)  # a folder, or a URL whose shards come through the node cache
+    dataset = source.dataset
     classes = dataset["classes"]
     built_from = dataset.get("config", {}).get("dataset")
     if rank == 0 and built_from in PRESETS and config.preset not in (built_from, "tiny"):
         print(f"warning: {root} is a {built_from} build, trained with the {config.preset} preset's recipe; "
               f"--preset {built_from} gives {built_from}'s", file=sys.stderr)
-    labeled_urls, pool_urls = data.shard_urls(root, "labeled"), pool_shards(root, dataset)
-    val_urls = data.shard_urls(root, "val")
+    labeled_urls, pool_urls = source.shards("labeled"), pool_shards(source)
+    val_urls = source.shards("val")
 
     torch.manual_seed(config.seed)  # the initial weights: the same for every rank, and for a run and its resumption
     method = build_method(config, len(classes)).to(device)
+    source.check_cache(streams=2 + method.uses_unlabeled, workers=config.workers, shuffle=data.SHUFFLE)  # + val
     if world > 1 and device.type == "cuda" and config.sync_bn:  # BN over the global batch, as the reference
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     execution.prepare(networks(method), config.compile, config.channels_last)
@@ -187,10 +190,10 @@ def precise_bn_due(config: TrainConfig, epoch: int) -> bool:
     return config.precise_bn_batches > 0 and (validating(config, epoch) or (epoch + 1) % config.precise_bn_every == 0)
 
 
-def pool_shards(root: Path, dataset: dict) -> list[str]:
+def pool_shards(source: Data) -> list:
     """The whole training pool: labeled and unlabeled shards (the paper's unlabeled stream)."""
-    unlabeled = data.shard_urls(root, "unlabeled") if dataset["videos"]["unlabeled"] else []
-    return data.shard_urls(root, "labeled") + unlabeled
+    unlabeled = source.shards("unlabeled") if source.dataset["videos"]["unlabeled"] else []
+    return source.shards("labeled") + unlabeled
 
 
 def networks(method) -> dict:
@@ -252,16 +255,6 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def read_dataset(root: Path) -> dict:
-    try:
-        return schema.read_dataset(root / "dataset.json")
-    except FileNotFoundError:
-        raise UserError(f"{root}: no dataset.json here; point --data at a `tgprep build` output folder") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{root / 'dataset.json'}: {e}; rebuild with tgprep build") from None
-
-
-
 
 def device_and_autocast(choice: str):
     """The device a single process uses, and bf16 autocast on CUDA (a no-op context on the CPU). On CUDA cuDNN
@@ -274,26 +267,26 @@ def device_and_autocast(choice: str):
     return device, torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def trained_rgb_net(ckpt: Path, data_root: Path, device, autocast, workers: int):
+def trained_rgb_net(ckpt: Path, data_root: str, storage: Storage, device, autocast, workers: int):
     """The RGB network of a checkpoint (inference is RGB-only), its config, and the classes; checked against the
     data. Its BN statistics are recomputed on the data's training pool if the run did not do so before saving."""
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint_config(checkpoint, ckpt)
-    classes, dataset = checkpoint["classes"], read_dataset(data_root)
-    if dataset["classes"] != classes:
-        raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {data_root}; "
+    classes, source = checkpoint["classes"], Data(data_root, storage)
+    source.check_cache(streams=1, workers=workers, shuffle=data.SHUFFLE)  # PreciseBN's stream, then the test's
+    if source.dataset["classes"] != classes:
+        raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {source.location}; "
                         "evaluate on the dataset it was trained on")
     method = build_method(config, len(classes))
     load_weights(method, checkpoint, ckpt)
     method.to(device)
     if config.precise_bn_batches and not checkpoint.get("precise_bn"):
-        recompute_bn({"rgb": method.rgb}, config, pool_shards(data_root, dataset), len(classes), device, autocast,
-                     workers)
-    return method.rgb, config, classes
+        recompute_bn({"rgb": method.rgb}, config, pool_shards(source), len(classes), device, autocast, workers)
+    return method.rgb, config, classes, source
 
 
-def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers, classes: int):
-    stream = data.eval_stream(data.shard_urls(data_root, "val"), batch_size=batch_size, clip_len=config.clip_len,
+def test_stream(config: TrainConfig, source: Data, clips, crops, batch_size, workers, classes: int):
+    stream = data.eval_stream(source.shards("val"), batch_size=batch_size, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size,
                               clips=clips or config.test_clips, crops=int(crops or config.test_crops), classes=classes)
     return data.loader(stream, workers)
@@ -305,18 +298,18 @@ def test_crop(config: TrainConfig) -> int | None:
     return config.size if config.test_views == "center" else None
 
 
-def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -> str:
+def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device, storage: Storage = Storage()) -> str:
     """`tgtrain eval`: clips x crops views per video (squares along the long side, as test_views says), RGB only,
     as a printable report."""
     device, autocast = device_and_autocast(device)
-    net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
-    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
+    net, config, classes, source = trained_rgb_net(ckpt, data, storage, device, autocast, workers)
+    stream = test_stream(config, source, clips, crops, batch_size, workers, len(classes))
     return format_report(evaluate(net, stream, device, autocast, crop=test_crop(config)), classes)
 
 
-def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device) -> int:
+def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device, storage: Storage = Storage()) -> int:
     """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
     device, autocast = device_and_autocast(device)
-    net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
-    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
+    net, config, classes, source = trained_rgb_net(ckpt, data, storage, device, autocast, workers)
+    stream = test_stream(config, source, clips, crops, batch_size, workers, len(classes))
     return write_predictions(net, stream, device, autocast, out, classes, crop=test_crop(config))
