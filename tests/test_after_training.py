@@ -190,6 +190,7 @@ def test_a_used_run_folder_needs_resume_or_overwrite(ltg_run, shards, tmp_path):
     assert_one_line_error(tgtrain("run", *settings, "--resume", "--overwrite"), "give one of them")
     assert_one_line_error(tgtrain("run", *settings[:2], "--out", tmp_path / "new", "--resume"), "no last.pt")
     assert not (tmp_path / "new").exists()
+    assert_one_line_error(tgtrain("run", *settings[:2], "--out", out / "config.toml"), "is a file")
     (out / "last.pt.tmp").write_bytes(b"half a checkpoint")  # left by a kill
     replaced = tgtrain("run", *settings, "--overwrite", "--seed", 1)
     assert replaced.exit_code == 0, replaced.output
@@ -277,7 +278,8 @@ def test_a_video_file_scores_as_its_sample_in_the_shards(ltg_run, shards, tmp_pa
 def test_predict_video_bad_input_is_one_line(ltg_run, real_videos, tmp_path):
     ckpt = ltg_run / "best.pt"
     (tmp_path / "notes.mp4").write_text("not a video")
-    for path, words in ((tmp_path / "notes.mp4", "not a video"), (tmp_path / "none.avi", "no such file")):
+    for path, words in ((tmp_path / "notes.mp4", "not a video"), (tmp_path / "none.avi", "no such file"),
+                        (tmp_path, "not a file")):
         assert_one_line_error(tgtrain("predict", "--ckpt", ckpt, "--video", path), path.name, words)
     assert_one_line_error(tgtrain("predict", "--ckpt", ckpt, "--video", real_videos / "other" / "corrupted.mp4"),
                           "corrupted.mp4")

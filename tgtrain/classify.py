@@ -21,6 +21,7 @@ from tgtrain.clips import test_views
 from tgtrain.evaluate import view_scores
 
 MAX_FRAME_BYTES = 2 << 30  # a video's decoded frames held at once: about 4 minutes at 256p and 30 fps
+VIEWS_PER_PASS = 30  # clips through the network at once, as eval's batches of 4 videos x 3 crops
 TOP = 5
 
 
@@ -51,9 +52,9 @@ def classify(ckpt: Path, videos: list[Path], clips: int | None, crops: int | Non
     "probability"}, ...]}, best first. clips, crops: the test views (None: the run's test_clips and test_crops)."""
     from tgtrain.engine import device_and_autocast, test_crop  # the engine imports the whole trainer
 
-    missing = [path for path in videos if not Path(path).is_file()]
-    if missing:
-        raise UserError(f"{missing[0]}: no such file; give video files")
+    for path in map(Path, videos):
+        if not path.is_file():
+            raise UserError(f"{path}: {'not a file' if path.exists() else 'no such file'}; give video files")
     device, autocast = device_and_autocast(device)
     net, config, checkpoint = trained_rgb(ckpt)
     spec, classes = checkpoint_input(checkpoint, ckpt), checkpoint["classes"]
@@ -66,10 +67,11 @@ def classify(ckpt: Path, videos: list[Path], clips: int | None, crops: int | Non
     for path in videos:
         video = decode_video(Path(path), spec["short_side"])
         kept = kept_frames(video, spec["fps"])
-        views = test_views(lambda unique: video.frames[kept[unique]], len(kept), config.clip_len,
-                           config.frame_interval, clips, crops, config.load_size)
-        scores, _ = view_scores(net, torch.from_numpy(views)[None], device, autocast, crop=test_crop(config))
-        best = scores[0].topk(min(TOP, len(classes)))
+        views = torch.from_numpy(test_views(lambda unique: video.frames[kept[unique]], len(kept), config.clip_len,
+                                            config.frame_interval, clips, crops, config.load_size))
+        scores = sum(len(part) * view_scores(net, part[None], device, autocast, crop=test_crop(config))[0][0]
+                     for part in views.split(VIEWS_PER_PASS)) / len(views)  # the mean over all the views
+        best = scores.topk(min(TOP, len(classes)))
         yield {"path": str(path), "frames": len(kept), "fps": spec["fps"] or video.fps, "size": list(video.size),
                "top5": [{"class": classes[i], "label": i, "probability": p}
                         for p, i in zip(best.values.tolist(), best.indices.tolist())]}
