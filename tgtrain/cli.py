@@ -135,7 +135,7 @@ def view_options(command):
     """How a video is viewed and the work batched: the same for eval and predict."""
     for option in reversed([
         click.option("--clips", type=click.IntRange(*RANGES["test_clips"]),
-                     help="Uniform clips per video, 1 to 100 [default: the run's test_clips, 10]."),
+                     help="Uniform clips per video [default: the run's test_clips, 10]."),
         click.option("--crops", type=click.Choice(["1", "3"]),
                      help="Squares per clip along the long side [default: the run's test_crops, 3]."),
         click.option("--batch-size", default=4, show_default=True, type=click.IntRange(*RANGES["batch_size"]),

@@ -57,7 +57,7 @@ def plot_curves(records: list[dict], path: Path, chance: float | None = None, ti
     last = max([r["epoch"] for r in epochs] + [r["at_epoch"] for r in steps] + [1])
     for axes in (loss, val, pseudo, lr):
         axes.set_xlim(0, last * 1.04)  # room for the last epoch's points and labels
-        axes.xaxis.set_major_locator(MaxNLocator(integer=last >= 3))  # fractions of the first epochs
+        axes.xaxis.set_major_locator(MaxNLocator(integer=last >= 3, steps=[1, 2, 2.5, 5, 10]))  # or fractions
         axes.grid(True, alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small", loc="best")

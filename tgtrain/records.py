@@ -127,7 +127,8 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter  # 0.5 s to import: rank 0 of `run` only
 
         self.out, self.pending, self.epochs, self.drawn = out, [], config.epochs, None
-        self.plot = dict(chance=1 / classes, title=f"{out.name}: {config.method}, {config.preset} preset",
+        self.plot = dict(chance=1 / classes, title=f"{out}: {config.method}, {config.preset} preset, {config.epochs} "
+                         "epochs",
                          pseudo_from=None if config.method == "supervised" else config.supervised_epochs + 1)
         with writing(out):
             (out / "config.toml").write_text(to_toml(config))
