@@ -49,7 +49,7 @@ def plot_curves(records: list[dict], path: Path, chance: float | None = None, ti
         if not any("mask_rate" in r for r in records):
             pseudo.text(0.5, 0.5, f"none yet: they start at epoch {pseudo_from}", ha="center", va="center",
                         transform=pseudo.transAxes, color="grey")
-    pseudo.set(title="pseudo-labels", ylabel="share", ylim=(0, 100), xlabel="epoch")
+    pseudo.set(title="pseudo-labels", ylabel="share", ylim=(0, 102), xlabel="epoch")  # 100 % off the border
     pseudo.yaxis.set_major_formatter(PercentFormatter())
     _series(lr, steps, epochs, "lr", "learning rate", "C0", dots=not steps)
     lr.set(title="learning rate", ylabel="learning rate", xlabel="epoch")
