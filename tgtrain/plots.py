@@ -17,9 +17,9 @@ LOSSES = {"loss": "total", "loss_sup": "supervised", "loss_unsup": "pseudo-label
 def plot_curves(records: list[dict], path: Path, chance: float | None = None, title: str = "",
                 pseudo_from: int | None = None) -> None:
     """curves.png from metrics.jsonl's records: the loss terms, val top-1 of RGB and TG, the pseudo-labels kept and
-    right, and the learning rate, against the epoch. Step records draw lines within the epochs (so that a plot
-    made after the first epoch already shows how it went); epoch records draw points (their means). pseudo_from:
-    the first epoch with pseudo-labels (None: the method has none)."""
+    right, and the learning rate, against the epoch. Epoch records draw points joined by lines (their means); step
+    records draw faint lines within the epochs, so that a plot made after the first epoch already shows how it
+    went. pseudo_from: the first epoch with pseudo-labels (None: the method has none)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
@@ -30,7 +30,7 @@ def plot_curves(records: list[dict], path: Path, chance: float | None = None, ti
     (loss, val), (pseudo, lr) = figure.subplots(2, 2, sharex=True)
     for i, (key, name) in enumerate(LOSSES.items()):
         _series(loss, steps, epochs, key, name, f"C{i}")
-    loss.set(title="training loss (lines: every few steps; points: epoch means)", ylabel="loss (per clip)")
+    loss.set(title="training loss (points: epoch means; faint: every few steps)", ylabel="loss (per clip)")
     for i, (key, name) in enumerate((("val_top1", "RGB"), ("val_top1_tg", "TG (teacher)"))):
         values = [r[key] for r in epochs if key in r]
         if values:
@@ -66,17 +66,17 @@ def plot_curves(records: list[dict], path: Path, chance: float | None = None, ti
 
 
 def _series(axes, steps, epochs, key, name, colour, scale=1.0, dots=True) -> None:
-    """One quantity in one colour: a line through the step records' values, and the epoch records' as points (a
-    line through them when there are no step records: an older metrics.jsonl)."""
+    """One quantity in one colour: its epoch records' values as points joined by a line, over the step records' as a
+    line that turns faint (the noise within the epochs) once there are two epochs to join. dots=False: the step
+    line alone where there is one (the learning rate, which the epoch records only repeat)."""
     at = [(r["at_epoch"], scale * r[key]) for r in steps if key in r]
-    per_epoch = [(r["epoch"], scale * r[key]) for r in epochs if key in r]
-    if not at and not per_epoch:
-        return
+    per_epoch = [(r["epoch"], scale * r[key]) for r in epochs if key in r] if dots or not at else []
+    faint = len(per_epoch) > 1
     if at:
-        axes.plot(*zip(*at), color=colour, linewidth=1.2, label=name)
-    if per_epoch and (dots or not at):
-        axes.plot(*zip(*per_epoch), color=colour, marker="o", markersize=4,
-                  linestyle="none" if at else "-", label=None if at else name)
+        axes.plot(*zip(*at), color=colour, linewidth=0.8 if faint else 1.2, alpha=0.4 if faint else 1,
+                  label=None if per_epoch else name)
+    if per_epoch:
+        axes.plot(*zip(*per_epoch), color=colour, marker="o", markersize=4, linewidth=1.5, label=name)
 
 
 def plot_confusion(counts: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
