@@ -55,20 +55,20 @@ def save(program, path: Path, extra_files: dict) -> None:
 
 def how_to(ckpt, out, config, spec, classes, checkpoint) -> str:
     t, s = config.clip_len, config.load_size
-    side = f"its short side at {spec['short_side']} px" if spec["short_side"] else "its own size"
+    side = f"with its short side at {spec['short_side']} px" if spec["short_side"] else "at its own size"
     fps = f"{spec['fps']:g} frames per second" if spec["fps"] else "every frame"
-    crop = f"The centre crop to {config.size} x {config.size} and the" if config.test_views == "center" else "The"
+    crop = f"the centre crop to {config.size} x {config.size} and " if config.test_views == "center" else ""
     return f"""\
 The RGB network of {ckpt} ({config.method}, {config.preset} preset, epoch {checkpoint['epoch']}; best val top-1
 {checkpoint['best']:.1f} % at epoch {checkpoint['best_epoch']}), exported by tgtrain with torch.export.
 
 Input: uint8 RGB clips (N, {t}, {s}, {s}, 3), N from 1 to {MAX_CLIPS}, cut as `tgtrain eval` cuts them:
-  - the video decoded at {side}, keeping {fps};
+  - the video decoded {side}, keeping {fps};
   - a clip is {t} frames, {config.frame_interval} apart (eval takes {config.test_clips} clips spread over the video);
   - each frame is the square of its short side (at the start, centre or end of the long side; eval takes
     {"all three" if config.test_crops == 3 else "the centre"}), resized to {s} x {s}.
-{crop} normalisation happen inside: mean {spec['mean']} and std {spec['std']}
-on the 0..255 scale.
+Inside: {crop}the normalisation, (x - mean) / std with mean {spec['mean']}
+and std {spec['std']} on the 0..255 scale.
 Output: logits (N, {len(classes)}). A video's class scores are the mean of its clips' softmax.
 
     import json, torch
