@@ -310,10 +310,13 @@ def test_a_loader_worker_killed_mid_run_is_one_line_naming_workers_and_resume(sh
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
     deadline = time.monotonic() + 60
-    while not children.read_text().split() and time.monotonic() < deadline:  # its DataLoader workers
-        time.sleep(0.1)
-    os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
-    _, stderr = run.communicate(timeout=60)
+    try:
+        while not children.read_text().split() and time.monotonic() < deadline:  # its DataLoader workers
+            time.sleep(0.1)
+        os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()  # a run the kill did not stop would train its 500 epochs on after the test
     lines = stderr.splitlines()
     assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: DataLoader worker"), stderr
     # torch says "is killed by signal: Killed" or "exited unexpectedly", by which of its checks sees it first
