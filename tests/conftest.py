@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.trained import ltg_run, shards  # noqa: F401  (the trainer tests' micro build and run, once a session)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 

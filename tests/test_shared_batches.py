@@ -3,6 +3,7 @@
 import gc
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -29,16 +30,20 @@ def test_a_loader_worker_delivers_the_in_process_batches_while_the_trainer_holds
 def test_a_held_batch_outlives_its_worker_killed_by_sigkill(shards):  # noqa: F811
     urls = shard_urls(shards, "labeled")
     alone = next(iter(stream(urls, epoch_batches=2, size=40)))
-    it = iter(loader(stream(urls, epoch_batches=2, size=40), workers=1))
-    held = next(it)
+    batches = loader(stream(urls, epoch_batches=2, size=40), workers=1)
+    held = next(iter(batches))
+    worker = batches._iterator._workers[0]
+    # Killed idle, once it has made its second batch: a worker killed while it holds the lock of the loader's shared
+    # "done" event (it takes it for each batch) leaves it held, and the loader's shutdown would wait on it forever.
+    time.sleep(1)
     try:
-        os.kill(it._workers[0].pid, signal.SIGKILL)
-        it._workers[0].join(10)  # the signal reaches this process before the join returns
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)  # the signal reaches this process before the join returns
     except RuntimeError as e:  # torch's SIGCHLD handler says so
         assert "killed by signal" in str(e)
-    assert not it._workers[0].is_alive()
+    assert not worker.is_alive()
     assert torch.equal(held["rgb"], alone["rgb"]) and torch.equal(held["tg"], alone["tg"])
-    del it
+    del batches
 
 
 def sent(batch: shared_batches.SharedBatch) -> dict:

@@ -103,17 +103,19 @@ def default_synthetic_root() -> Path:
 
 
 def check_missing(listing: Listing, config: BuildConfig, output: Output) -> None:
-    """Listed videos that are not on disk stop the build unless --allow-missing; their list is written."""
+    """Listed videos that are not on disk stop the build unless --allow-missing, and their list is written to
+    missing.txt; a build that goes on removes that list (failures.jsonl holds them then)."""
+    per_split = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.split for r in listing.missing).items()))
+    what = f"{len(listing.missing)} listed videos are not under {config.root} ({per_split})"
+    if listing.missing and not config.allow_missing:
+        write_list(output.stage / "missing.txt", listing.missing)
+        output.publish("missing.txt")
+        raise MissingVideosError(f"{what}; list in {output.place.url('missing.txt')}; add --allow-missing to build "
+                                 "without them")
+    output.remove("missing.txt")
     if not listing.missing:
         return
-    write_list(output.stage / "missing.txt", listing.missing)
-    output.publish("missing.txt")
-    per_split = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.split for r in listing.missing).items()))
-    what = (f"{len(listing.missing)} listed videos are not under {config.root} ({per_split}); "
-            f"list in {output.place.url('missing.txt')}")
-    if not config.allow_missing:
-        raise MissingVideosError(f"{what}; add --allow-missing to build without them")
-    listing.notes.append(f"warning: {what}; building without them")
+    listing.notes.append(f"warning: {what}; building without them (see failures.jsonl)")
     train, val = {r.label for r in listing.train}, {r.label for r in listing.val}
     no_video = [name for label, name in enumerate(listing.classes) if label not in train | val]
     no_train = [name for label, name in enumerate(listing.classes) if label in val - train]

@@ -277,12 +277,15 @@ def _sample_block(sample: dict, frames: int) -> Image.Image:
         rgb = decode_frames(sample, "rgb", numbers, reduce=reduce)
         tg = tg_from_stored(decode_frames(sample, "tg", numbers, reduce=reduce))
     tg = np.clip(128 + TG_GAIN * tg, 0, 255).astype(np.uint8)
-    font = ImageFont.load_default()
-    text = f"{sample['__key__']}  class {meta['class']} ({meta['label']})  {meta['frames']} frames  RGB, TG x{TG_GAIN}"
+    font, caption_font = ImageFont.load_default(), ImageFont.load_default(size=12)  # at 10 px a space is 2 px wide
+    stored = "video (H.264)" if is_video(sample) else "frames (JPEG)"
+    text = (f"{sample['__key__']} | class {meta['class']} ({meta['label']}) | {meta['frames']} frames, stored as "
+            f"{stored} | RGB above, TG x{TG_GAIN} below")
     caption, (h, w) = 16, rgb.shape[1:3]
-    block = Image.new("RGB", (max(w * len(numbers), round(font.getlength(text)) + 8), caption + 2 * h), "black")
+    block = Image.new("RGB", (max(w * len(numbers), round(caption_font.getlength(text)) + 8), caption + 2 * h),
+                      "black")
     draw = ImageDraw.Draw(block)
-    draw.text((4, 2), text, fill="white", font=font)
+    draw.text((4, 1), text, fill="white", font=caption_font)
     for i, t in enumerate(numbers):
         block.paste(Image.fromarray(rgb[i]), (i * w, caption))
         block.paste(Image.fromarray(tg[i]), (i * w, caption + h))

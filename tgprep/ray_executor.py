@@ -99,6 +99,8 @@ class RayExecutor:
             return []
         if not ray.is_initialized():
             _check_answers(self.address or os.environ.get("RAY_ADDRESS"))
+            # Ray warns on every start whether token authentication is on; its defaults stand, the notice goes
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:

@@ -41,7 +41,7 @@ from tgprep.sample import SampleError, decode_frames, read_cls
 from tgprep.video_decode import clip_frames
 from tgprep.video_sample import is_video, read_meta  # read_meta reads both kinds of sample
 from tgtrain import shared_batches
-from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
+from tgtrain.clips import choose_reduce, crop_box, resized_crop, test_views, train_indices
 from tgtrain.shards import FIX, fetched, shard_urls, tar_samples  # noqa: F401 (shard_urls: callers find it here)
 
 WORKER_TIMEOUT = 600  # seconds to wait for a batch from a loader worker, which makes one in well under a second
@@ -216,7 +216,7 @@ class EvalStream(IterableDataset):
         self.urls = list(urls)[rank::world]
         self.batch_size, self.clip_len, self.interval, self.size, self.reduce = (
             batch_size, clip_len, interval, size, reduce)
-        self.clips, self.positions = clips, (0.5,) if crops == 1 else (0.0, 0.5, 1.0)
+        self.clips, self.crops = clips, crops
         self.modality, self.classes = modality, classes
 
     def __iter__(self):
@@ -232,19 +232,17 @@ class EvalStream(IterableDataset):
             n = meta["tg_frames"] if self.modality == "tg" else meta["frames"]
             if n < 1:
                 raise SampleError(f"sample {sample['__key__']}: no frames")
-            indices = np.stack(test_indices(n, self.clip_len, self.interval, self.clips))
-            # decode each distinct frame once for all clips, crop it once per position, gather with one copy
-            unique, inverse = np.unique(indices, return_inverse=True)
             reduce = reduce_for(meta, self.size, self.reduce)
-            frames = (clip_frames(sample, meta, unique, (self.modality,))[self.modality] if is_video(sample)
-                      else decode_frames(sample, self.modality, unique.tolist(), reduce, meta))
-            views = np.empty((len(self.positions), *indices.shape, self.size, self.size, 3), np.uint8)
-            for view, position in zip(views, self.positions):
-                np.take(crop_square(frames, position, self.size), inverse.reshape(indices.shape), axis=0,
-                        out=view, mode="clip")  # "clip": unbuffered; the indices are in range anyway
+
+            def frames_at(unique):
+                if is_video(sample):
+                    return clip_frames(sample, meta, unique, (self.modality,))[self.modality]
+                return decode_frames(sample, self.modality, unique.tolist(), reduce, meta)
+
+            views = test_views(frames_at, n, self.clip_len, self.interval, self.clips, self.crops, self.size)
         except SampleError as e:
             raise in_shard(sample, e) from None
-        return {self.modality: views.reshape(-1, *views.shape[2:]), "label": label, "key": sample["__key__"]}
+        return {self.modality: views, "label": label, "key": sample["__key__"]}
 
 
 def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, clips: int, crops: int,
@@ -263,5 +261,37 @@ def loader(stream: IterableDataset, workers: int, timeout: float = WORKER_TIMEOU
     On CUDA, torch's pin_memory thread receives each batch, off the training thread (its file descriptor comes over
     a socket from the worker); the batches' slots are page-locked already (tgtrain.shared_batches), so it copies
     nothing: pin_memory() returns a pinned tensor as it is."""
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=workers > 0, timeout=timeout if workers > 0 else 0)
+    return Loader(stream, workers, timeout)
+
+
+POLL = 5.0  # seconds between torch's checks that the workers live, while a batch is awaited
+
+
+class Loader(DataLoader):
+    """A DataLoader that waits for each batch in slices of POLL seconds, up to `patience` in all.
+
+    At the end of each slice torch checks that every worker is alive. Its SIGCHLD handler alone misses a worker that
+    dies while the loader is still starting the others, and a single wait of `patience` seconds would then sit out
+    that death for ten minutes."""
+
+    def __init__(self, stream: IterableDataset, workers: int, patience: float):
+        super().__init__(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                         persistent_workers=workers > 0, timeout=min(POLL, patience) if workers > 0 else 0)
+        self.patience = patience
+
+    def __iter__(self):
+        batches, waited = super().__iter__(), 0.0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:  # torch's iterator is whole after a timeout: the next call waits on
+                if not str(e).startswith("DataLoader timed out"):
+                    raise
+                waited += self.timeout
+                if waited >= self.patience:
+                    raise RuntimeError(f"DataLoader timed out after {self.patience:g} seconds") from None
+                continue
+            waited = 0.0
+            yield batch
