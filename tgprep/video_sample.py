@@ -34,12 +34,14 @@ import numpy as np
 
 import tgprep
 from tgprep import limits
-from tgprep.sample import FORMAT, SPOOL_BYTES, SPOOL_PREFIX, SampleError, _candidates, select_frames
+from tgprep.sample import FORMAT, SPOOL_BYTES, SPOOL_PREFIX, SampleError, frame_pairs
 from tgprep.sample import read_meta as read_frame_meta
 from tgprep.video import Video, VideoStream, ffmpeg_exe
 
 KIND, FORMAT_VERSION = "video", 2
-ENCODER, PIX_FMT = "libx264", "yuv420p"
+# The encoder gets the frames' planes as the build has them (tgprep.planes: full-range BT.601 4:2:0, never RGB) and
+# tags them so: decoders then make RGB with the same matrix and range as a frame sample's JPEG decoder.
+ENCODER, PIX_FMT, COLOR_RANGE = "libx264", "yuv420p", "pc"
 # CRF 17 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
 # references, none of them a reference: a loader skips those a clip does not want (tgprep.video_decode), so a
 # clip decodes about 27 frames instead of 60. On Kinetics clips (BENCHMARKS.md) that loads at about 0.5x the frame
@@ -75,7 +77,7 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
     fd, name = tempfile.mkstemp(dir=spool, prefix=SPOOL_PREFIX, suffix=".mp4")
     file = os.fdopen(fd, "w+b")
     try:
-        kept, stored = _encode(video, fps, keyframe_interval, name)
+        kept, times, stored = _encode(video, fps, keyframe_interval, name)
         os.unlink(name)
         time_base, pts, keyframes = _index(file)
         if len(pts) != len(stored):
@@ -91,10 +93,12 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
         "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
         "label": record.label, "split": record.split,
         "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
-        "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept,
+        "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept, "frame_times": times,
         "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
+        "source_pixels": video.pixels,
         "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
-                  "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval,
+                  "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "color_range": COLOR_RANGE,
+                  "keyframe_interval": keyframe_interval,
                   "time_base": time_base, "pts": pts, "keyframes": keyframes, "stored_indices": stored},
         "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
     }
@@ -110,42 +114,32 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
     return sample
 
 
-def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tuple[list[int], list[int]]:
-    """Encode the kept frames and their original next frames into an MP4 at path; returns (kept, stored)
-    original frame numbers.
-
-    As tgprep.sample's _encode, a frame is decided when the next one arrives: it is stored when it is kept or
-    follows a kept frame; whether the last frame is kept only the end of the stream tells.
-    """
+def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tuple[list[int], list, list[int]]:
+    """Encode the kept frames and their original next frames into an MP4 at path; returns the kept original frame
+    numbers, their times (to the microsecond) and the stored original frame numbers. A frame is stored when it is
+    kept or follows a kept frame (tgprep.sample.frame_pairs says which, as the frames pass)."""
     width, height = video.size
-    pad = ((0, coded_size(width, height)[1] - height), (0, coded_size(width, height)[0] - width), (0, 0))
-    encoder = subprocess.Popen(_encoder_command(video.fps, coded_size(width, height), keyframe_interval, path),
+    coded = coded_size(width, height)
+    encoder = subprocess.Popen(_encoder_command(video.fps, coded, keyframe_interval, path),
                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def put(k: int, frame: np.ndarray) -> None:
-        encoder.stdin.write(np.pad(frame, pad, mode="edge") if pad[0][1] or pad[1][1] else np.ascontiguousarray(frame))
-        stored.append(k)
 
     def finish() -> None:
         errors = encoder.stderr.read().decode(errors="replace").strip()
         if encoder.wait() != 0:
             raise RuntimeError(f"the encoder failed: {errors.splitlines()[-1] if errors else encoder.returncode}")
 
+    kept, times, stored = [], [], []
     try:
-        candidates = _candidates(video.fps, fps)
-        candidate, kept, stored, previous, count = next(candidates), [], [], None, 0
-        for k, frame in enumerate(video):
-            if k >= 1:
-                if k - 1 == candidate:
-                    kept.append(k - 1)
-                    candidate = next(candidates)
-                if kept and kept[-1] >= k - 2:  # previous (k - 1) is kept, or follows a kept frame
-                    put(k - 1, previous)
-            previous, count = frame, k + 1
-        if count and select_frames(count, video.fps, fps)[-1] == count - 1:
-            kept.append(count - 1)
-        if kept and kept[-1] >= count - 2:
-            put(count - 1, previous)
+        for k, picture, _, keep in frame_pairs(video, fps):
+            if keep:
+                kept.append(k)
+                times.append(round(picture.time, 6))
+            if keep or (kept and kept[-1] == k - 1):
+                # an odd side gets one more line, a copy of the last; the chroma planes have it already
+                y = np.pad(picture.y, ((0, coded[1] - height), (0, coded[0] - width)), mode="edge")
+                for plane in (y, picture.cb, picture.cr):
+                    encoder.stdin.write(np.ascontiguousarray(plane))
+                stored.append(k)
         encoder.stdin.close()
         finish()
     except BrokenPipeError:  # the encoder stopped: say why
@@ -155,11 +149,11 @@ def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tupl
         if encoder.poll() is None:
             encoder.kill()
             encoder.wait()
-    return kept, stored
+    return kept, times, stored
 
 
 def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, path: str) -> list[str]:
-    """The ffmpeg program encoding raw RGB frames from its stdin into an MP4 at path.
+    """The ffmpeg program encoding raw full-range 4:2:0 planes from its stdin into an MP4 at path.
 
     The program, not PyAV in-process: PyAV's bundled libx264 gave other bytes on reruns of the same frames (6 hashes
     in 6 encodes of one 192x128 clip, whatever its thread settings), the ffmpeg program the same bytes every time.
@@ -167,9 +161,10 @@ def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, 
     """
     rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
     return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", str(rate), "-i", "pipe:",
+            "-f", "rawvideo", "-pix_fmt", PIX_FMT, "-color_range", COLOR_RANGE, "-s", f"{size[0]}x{size[1]}",
+            "-framerate", str(rate), "-i", "pipe:",
             "-c:v", ENCODER, "-preset", PRESET, "-tune", TUNE, "-bf", str(B_FRAMES), "-crf", str(CRF),
-            "-pix_fmt", PIX_FMT, "-threads", "1",
+            "-pix_fmt", PIX_FMT, "-color_range", COLOR_RANGE, "-threads", "1",
             "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0:{B_PLACEMENT}",
             "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-f", "mp4", path]
 
