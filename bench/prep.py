@@ -9,13 +9,14 @@ size, as the paper does for HMDB / UCF, and uses one process per core:
   (a) the ffmpeg program, one run per video: decode + conversion to RGB, written to the null muxer;
   (c) tgprep.video.decode (PyAV, in-process) to RGB arrays;
   (p) tgprep.video.VideoStream.pictures: decode to JPEG's planes, as the build reads frames;
-  (f) the build's floor: (p) and the two JPEGs per frame it stores, of the planes and of TG's planes (TG included);
+  (f) the build's floor (bench/floor.py), a whole process over a pool of all cores: (p), TG's planes and the two
+      JPEGs per frame, dropped: what the build does but for its tars, metadata and manifests;
   (b) the paper's own tools (bench/paper_tools.py, OpenCV as the reference's mmcv): pass 1 cv2.VideoCapture ->
       cv2.imwrite img_00001.jpg ... (q95 4:2:0), pass 2 cv2.imread of neighbours -> tempgrad_00001.jpg ... of
       uint8((x_t - x_{t+1} + 255) / 2), each pass a whole process over a pool of all cores, as the
       reference's two scripts run;
   build: `tgprep build --dataset folder --workers 0 --short-side 0 --ratio 0.5`, a whole process of its own.
-Every whole process pays its interpreter's start-up and imports: (b) twice, the build once.
+Every whole process pays its interpreter's start-up and imports: (b) twice, (f) and the build once.
 Wall and CPU seconds (CPU counts every child process) are medians over --repeats, the ways taking turns within
 each repeat. The machine may be shared with other work: the CPU-second ratio suffers less from it.
 
@@ -34,21 +35,15 @@ import resource
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from statistics import median
 
-import numpy as np
-import simplejpeg
-
 import fidelity
 from corpus import SOURCES, VIDEOS, machine, make_corpus
-from tgprep import planes, synth
 from tgprep.config import BuildConfig
-from tgprep.sample import _jpeg, decode_frames, read_meta, tg_from_stored
 from tgprep.video import VideoStream, decode, ffmpeg_exe
 
 # build >= 2x (b) (2.5x the moonshot) and >= 0.9x (f), wall and per CPU second; shard bytes <= 0.8x (b)'s folders
@@ -76,17 +71,6 @@ def pyav_planes(path: Path) -> int:
         return sum(1 for _ in stream.pictures())
 
 
-def floor(path: Path, quality: int = BuildConfig.quality) -> int:
-    """(f): what a build cannot do without: every frame's planes and TG's planes as JPEGs, dropped."""
-    previous, count = None, 0
-    with VideoStream(path, short_side=0) as stream:
-        for picture in stream.pictures():
-            if previous is not None:
-                _jpeg(previous.planes, quality)
-                _jpeg(planes.difference(previous, picture), quality)
-            previous, count = picture, count + 1
-    _jpeg(previous.planes, quality)
-    return count
 
 
 def in_pool(fn, *items: list) -> list:
@@ -110,9 +94,10 @@ def timed(fn, frames: int, what: str) -> tuple[float, float]:
     return wall, cpu
 
 
-def paper_pass(*args) -> int:
-    """One of (b)'s passes as the reference runs it, a whole process (bench/paper_tools.py); returns its frames."""
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("paper_tools.py")), *map(str, args)],
+def script(name: str, *args) -> int:
+    """One of bench's scripts as a whole process: (b)'s passes (paper_tools.py) as the reference runs them, and
+    (f) (floor.py); returns the frames it handled."""
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name(name)), *map(str, args)],
                           check=True, capture_output=True, text=True)
     return int(done.stdout)
 
@@ -136,144 +121,18 @@ def one_round(work: Path, config: BuildConfig, paths: list[Path], frames: int) -
         "a": timed(lambda: sum(in_pool(ffmpeg_null, paths)), frames, "ffmpeg"),
         "c": timed(lambda: sum(in_pool(pyav_decode, paths)), frames, "PyAV"),
         "p": timed(lambda: sum(in_pool(pyav_planes, paths)), frames, "PyAV planes"),
-        "f": timed(lambda: sum(in_pool(floor, paths)), frames, "floor"),
-        "b1": timed(lambda: paper_pass("rgb", *paths, "--out", *folders), frames, "OpenCV frames"),
-        "b2": timed(lambda: paper_pass("tg", *folders), frames, "OpenCV TG"),
+        "f": timed(lambda: script("floor.py", *paths), frames, "floor"),
+        "b1": timed(lambda: script("paper_tools.py", "rgb", *paths, "--out", *folders), frames, "OpenCV frames"),
+        "b2": timed(lambda: script("paper_tools.py", "tg", *folders), frames, "OpenCV TG"),
         "build": timed(lambda: tgprep_build(config), frames, "build"),
     }
-
-
-# -- storage and fidelity -------------------------------------------------------------------------------------
-
-def read_shards(shards: Path, wanted: set[str]) -> tuple[dict[str, tuple[int, int]], dict[str, dict]]:
-    """Per video path: (.rgb bytes, .tg bytes); and the whole samples of the wanted paths. Nothing is unpickled."""
-    sizes, samples = {}, {}
-    for tar in sorted(shards.glob("*.tar")):
-        members: dict[str, dict] = {}
-        with tarfile.open(tar) as archive:
-            for member in archive:
-                key, ext = member.name.split(".", 1)  # keys hold no dots
-                members.setdefault(key, {"__key__": key})[ext] = archive.extractfile(member).read()
-        for sample in members.values():
-            path = read_meta(sample)["path"]
-            sizes[path] = (len(sample["rgb"]), len(sample["tg"]))
-            if path in wanted:
-                samples[path] = sample
-    return sizes, samples
-
-
-def folder_jpegs(folder: Path, prefix: str) -> list[bytes]:
-    return [f.read_bytes() for f in sorted(folder.glob(f"{prefix}_*.jpg"))]
-
-
-WAYS = ("paper", "4:4:4", "ours")
-# per way: squared errors of RGB against the decoded RGB and the planes' RGB, of Y, Cb, Cr against the planes;
-# TG absolute errors against the two exact differences
-SUMS = ("rgb_sq", "rgb_sq_planes", "y_sq", "cb_sq", "cr_sq", "tg_abs", "tg_abs_planes")
-
-
-def errors(corpus: Path, folders: Path, samples: dict[str, dict], names: list[str], quality: int) -> dict:
-    """{"sums": {way: SUMS over `names`}, "counts": RGB, TG and Y values}, a frame at a time. The paper's TG has the
-    opposite sign, x_t - x_{t+1}; every JPEG is decoded by simplejpeg, in RGB order. 4:4:4 frames have no 4:2:0
-    planes to compare: their plane columns stay empty."""
-    sums = {way: dict.fromkeys(SUMS, 0.0) for way in WAYS}
-    counts = dict.fromkeys(("rgb", "tg", "y"), 0)
-    for name in names:
-        frames = decode(corpus / name, short_side=0).frames
-        source = fidelity.source_planes(corpus / name)
-        meta, folder = read_meta(samples[name]), folders / Path(name).with_suffix("")
-        stored = {"paper": (folder_jpegs(folder, "img"), folder_jpegs(folder, "tempgrad")),
-                  "4:4:4": fidelity.jpeg_bytes_444(frames, quality),
-                  "ours": (fidelity.read_payload(samples[name], "rgb", meta),
-                           fidelity.read_payload(samples[name], "tg", meta))}
-        source_rgb = [fidelity.planes_rgb(*p) for p in source[:1]]
-        for k in range(len(frames)):
-            x = frames[k].astype(np.float64)
-            if k + 1 < len(frames):
-                source_rgb.append(fidelity.planes_rgb(*source[k + 1]))
-                exact = np.subtract(frames[k + 1], frames[k], dtype=np.int16)
-            for way, (rgb_jpegs, tg_jpegs) in stored.items():
-                add_frame(sums[way], rgb_jpegs[k], x, source[k], source_rgb[0])
-                if k + 1 < len(frames):
-                    tg = simplejpeg.decode_jpeg(tg_jpegs[k]).astype(np.float64)
-                    tg = 255 - 2 * tg if way == "paper" else tg_from_stored(tg)  # (d + 255) / 2 of the other sign
-                    sums[way]["tg_abs"] += np.abs(tg - exact).sum()
-                    sums[way]["tg_abs_planes"] += np.abs(tg - (source_rgb[1] - source_rgb[0])).sum()
-            source_rgb.pop(0)
-            counts["rgb"] += x.size
-            counts["tg"] += x.size * (k + 1 < len(frames))
-            counts["y"] += source[k][0].size
-    return {"sums": sums, "counts": counts}
-
-
-def add_frame(sums: dict, jpeg: bytes, x: np.ndarray, source: tuple, source_rgb: np.ndarray) -> None:
-    """One stored RGB frame's squared errors against the three references."""
-    rgb = simplejpeg.decode_jpeg(jpeg).astype(np.float64)
-    sums["rgb_sq"] += ((rgb - x) ** 2).sum()
-    sums["rgb_sq_planes"] += ((rgb - source_rgb) ** 2).sum()
-    if simplejpeg.decode_jpeg_header(jpeg)[3] == "420":
-        for name, sq in zip(("y_sq", "cb_sq", "cr_sq"), fidelity.squared_errors(fidelity.jpeg_planes(jpeg), source)):
-            sums[name] += sq
-    else:
-        sums["y_sq"] = sums["cb_sq"] = sums["cr_sq"] = float("nan")
-
-
-def disk_bytes(folder: Path) -> int:
-    """What the files under folder take on disk: whole file-system blocks, as many small files pay for."""
-    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
-
-
-def stored_bytes(work: Path, shards: Path, names: list[str], quality: int) -> dict[str, dict[str, tuple[int, int]]]:
-    """{way: {video: (RGB bytes, TG bytes)}} of every video: the shards' members, the folders' files, and the 4:4:4
-    JPEGs of the decoded frames made here."""
-    sizes, _ = read_shards(shards, set())
-    out = {"ours": sizes, "paper": {}, "4:4:4": {}}
-    for name in names:
-        folder = work / "folders" / Path(name).with_suffix("")
-        out["paper"][name] = tuple(sum(f.stat().st_size for f in folder.glob(f"{p}_*.jpg")) for p in ("img", "tempgrad"))
-        rgb, tg = fidelity.jpeg_bytes_444(decode(work / "corpus" / name, short_side=0).frames, quality)
-        out["4:4:4"][name] = (sum(map(len, rgb)), sum(map(len, tg)))
-    return out
-
-
-def storage(work: Path, shards: Path, counts: dict[str, int], sample: int, quality: int) -> dict:
-    """Per material (real pieces, synthetic, all) and way: KB per stored frame over every video, and the fidelity
-    columns over an evenly spread sample of `sample` videos per material."""
-    groups = {"real": sorted(n for n in counts if n.split("/")[0] not in synth.MOTIONS),
-              "synthetic": sorted(n for n in counts if n.split("/")[0] in synth.MOTIONS)}
-    picked = {g: names[:: max(1, -(-len(names) // sample))] for g, names in groups.items()}
-    _, samples = read_shards(shards, {n for names in picked.values() for n in names})
-    sizes = stored_bytes(work, shards, sorted(counts), quality)
-    measured = {g: errors(work / "corpus", work / "folders", samples, names, quality) for g, names in picked.items()}
-    measured["all"] = {"sums": {w: {k: sum(measured[g]["sums"][w][k] for g in groups) for k in SUMS} for w in WAYS},
-                       "counts": {k: sum(measured[g]["counts"][k] for g in groups) for k in ("rgb", "tg", "y")}}
-    groups["all"], picked["all"] = sorted(counts), picked["real"] + picked["synthetic"]
-    table = {}
-    for group, m in measured.items():
-        if not groups[group]:
-            continue
-        frames, n = sum(counts[v] for v in groups[group]), m["counts"]
-        table[group] = {"videos": len(groups[group]), "sampled_videos": len(picked[group]), "frames": frames}
-        for way, s in m["sums"].items():
-            table[group][way] = {
-                "rgb_kb": sum(sizes[way][v][0] for v in groups[group]) / frames / 1e3,
-                "tg_kb": sum(sizes[way][v][1] for v in groups[group]) / (frames - len(groups[group])) / 1e3,
-                "rgb_psnr": fidelity.psnr(s["rgb_sq"], n["rgb"]),
-                "rgb_psnr_planes": fidelity.psnr(s["rgb_sq_planes"], n["rgb"]),
-                **{f"{c}_psnr": fidelity.psnr(s[f"{c}_sq"], n["y"] // (1 if c == "y" else 4)) for c in ("y", "cb", "cr")},
-                "tg_mae": s["tg_abs"] / n["tg"], "tg_mae_planes": s["tg_abs_planes"] / n["tg"]}
-            table[group][way]["total_kb"] = table[group][way]["rgb_kb"] + table[group][way]["tg_kb"]
-    frames = sum(counts.values())
-    table["disk_kb_per_frame"] = {"ours": disk_bytes(shards) / frames / 1e3,  # tars, sidecars, manifests
-                                  "paper": disk_bytes(work / "folders") / frames / 1e3}
-    return table
 
 
 # -- the report -------------------------------------------------------------------------------------------------
 
 SPEED_ROWS = [("a", "(a) ffmpeg program: decode + RGB to null"), ("c", "(c) PyAV decode to RGB (tgprep.video.decode)"),
               ("p", "(p) PyAV decode to JPEG's planes (VideoStream.pictures)"),
-              ("f", "(f) the floor: (p) + TG's planes + the two plane JPEGs"),
+              ("f", "(f) the floor, a whole process: (p) + TG's planes + the two plane JPEGs"),
               ("b1", "(b) paper's pass 1: cv2.VideoCapture -> cv2.imwrite img_*.jpg"),
               ("b2", "(b) paper's pass 2: cv2.imread neighbours -> tempgrad_*.jpg"),
               ("b", "(b) the paper's tools, both passes"), ("build", "`tgprep build`, a whole process, all cores")]
@@ -385,7 +244,7 @@ def main() -> None:
             rounds.append(one_round(work, config, paths, frames))
             print(f"round {i + 1}: " + ", ".join(f"{k} {w:.1f} s" for k, (w, _) in rounds[-1].items()), flush=True)
         speed = speed_table(rounds, frames)
-        store = storage(work, work / "shards", counts, args.sample, args.quality)
+        store = fidelity.storage(work, work / "shards", counts, args.sample, args.quality)
     finally:
         if args.work is None:
             shutil.rmtree(work)

@@ -58,10 +58,6 @@ def corpus(work: Path) -> Path:
     return root
 
 
-class TGPlanes(tuple):
-    """TG's planes, as planes.difference made them."""
-
-
 class InProcess:
     """An executor that runs each shard task here, one after the other."""
 
@@ -83,10 +79,16 @@ def instrument(seconds: dict) -> None:
 
     VideoStream._decode = timed(VideoStream._decode, lambda *_: "decode")
     VideoStream._picture = timed(VideoStream._picture, lambda *_: "planes")
-    difference = timed(tgprep.planes.difference, lambda *_: "TG")
-    tgprep.planes.difference = lambda *args: TGPlanes(difference(*args))  # marked, so the two encodes tell apart
-    tgprep.sample._jpeg = timed(tgprep.sample._jpeg,
-                                lambda planes, _: "TG JPEG" if isinstance(planes, TGPlanes) else "RGB JPEG")
+    difference, tg_pictures = timed(tgprep.planes.difference, lambda *_: "TG"), set()
+
+    def marked(*args):  # so that the two encodes tell apart
+        picture = difference(*args)
+        tg_pictures.add(id(picture))
+        return picture
+
+    tgprep.planes.difference = marked
+    tgprep.sample._jpeg = timed(tgprep.sample._jpeg, lambda picture, _: "TG JPEG" if id(picture) in tg_pictures
+                                and not tg_pictures.discard(id(picture)) else "RGB JPEG")
     tgprep.shards.add_sample = timed(tgprep.shards.add_sample, lambda *_: "tar write")
     tgprep.build.executor = lambda config: InProcess()
 
@@ -97,10 +99,12 @@ def conversions(root: Path, repeats: int) -> tuple[dict[str, float], int]:
     for video in sorted(root.glob("*/*")):
         with av.open(str(video), **TAG_DECODING) as container:
             frames += [frame for _, frame in zip(range(100), container.decode(video=0))]
-    scaler = VideoReformatter()
+    scaler, tables = VideoReformatter(), (tgprep.planes.Y_TABLE, tgprep.planes.C_TABLE, tgprep.planes.C_TABLE)
     ways = {
-        "range table (np.take), the build's": lambda f: [np.take(t, p) for t, p in zip(
-            (tgprep.planes.Y_TABLE, tgprep.planes.C_TABLE, tgprep.planes.C_TABLE), tgprep.planes.plane_views(f))],
+        "range table, two bytes a lookup, into a Picture (the build's)":
+            lambda f: tgprep.planes.PlaneConverter((f.width, f.height), 0)(f, 0.0),
+        "range table, a byte a lookup (np.take)": lambda f: [np.take(t, p) for t, p in zip(
+            tables, tgprep.planes.plane_views(f))],
         "libswscale range conversion (PyAV reformat)": lambda f: tgprep.planes.plane_views(scaler.reformat(
             f, format="yuv420p", dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.JPEG, threads=1)),
         "none: the decoder's planes (a full-range source)": tgprep.planes.plane_views,

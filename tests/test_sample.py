@@ -62,10 +62,10 @@ def test_select_frames_by_time_keeps_a_slow_part_whole_and_stores_no_frame_twice
 
 def test_tg_planes_are_next_minus_previous_clipped():
     frames = np.array([0, 200, 50, 255], np.uint8)[:, None, None, None].repeat(3, -1)
-    tg = [planes.difference(planes.from_rgb(frames[k]), planes.from_rgb(frames[k + 1])) for k in (0, 2)]
+    tg = [planes.difference(planes.from_rgb(frames[k]), planes.from_rgb(frames[k + 1])).planes for k in (0, 2)]
     assert [p.dtype for p in tg[0]] == [np.uint8] * 3 and tg[0][0].shape == (1, 1)
     assert [t[0][0, 0] for t in tg] == [255, 255] and [t[1][0, 0] for t in tg] == [128, 128]  # grey: no chroma
-    assert planes.difference(planes.from_rgb(frames[1]), planes.from_rgb(frames[2]))[0][0, 0] == 0  # -150 clipped
+    assert planes.difference(planes.from_rgb(frames[1]), planes.from_rgb(frames[2])).y[0, 0] == 0  # -150 clipped
 
 
 def test_fps_keeps_tg_from_the_next_original_frame():

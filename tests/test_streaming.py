@@ -19,7 +19,6 @@ from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import Record
 from tgprep import planes
-from tgprep.planes import Picture
 from tgprep.sample import make_sample, select_frames
 from tgprep.shards import ShardTask, write_shard
 from tgprep.video import Video, VideoStream, ffmpeg_exe
@@ -40,11 +39,11 @@ class InMemory:
 
     def __init__(self, path: Path):
         with VideoStream(path) as stream:
-            self.all = [Picture(*(p.copy() for p in picture.planes), picture.time) for picture in stream.pictures()]
+            self.all = list(stream.pictures())  # each its own buffer
         self.size, self.fps, self.source_size = stream.size, stream.fps, stream.source_size
         self.duration, self.pixels = stream.duration, stream.pixels
 
-    def pictures(self):
+    def pictures(self, full_range=True):
         return iter(self.all)
 
 
@@ -53,7 +52,7 @@ def whole_video_payloads(video: InMemory, fps: float | None) -> tuple[list[int],
     frames = video.all
     indices = select_frames([p.time for p in frames], video.duration, fps)
     rgb = b"".join(simplejpeg.encode_jpeg_yuv_planes(*frames[k].planes, 90) for k in indices)
-    tg = b"".join(simplejpeg.encode_jpeg_yuv_planes(*planes.difference(frames[k], frames[k + 1]), 90)
+    tg = b"".join(simplejpeg.encode_jpeg_yuv_planes(*planes.difference(frames[k], frames[k + 1]).planes, 90)
                   for k in indices if k + 1 < len(frames))
     return indices.tolist(), rgb, tg
 

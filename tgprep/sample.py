@@ -64,7 +64,6 @@ frame, at most one frame per MIN_JPEG_BYTES of its payload, offsets that cut the
 below the dataset's class count. Members other than these fields are skipped, never kept.
 """
 
-import io
 import json
 import math
 import tempfile
@@ -118,12 +117,13 @@ def select_frames(times: Sequence[float], duration: float, fps: float | None) ->
     return np.array([k for k, (t, end) in enumerate(zip(times, ends)) if keeps(t, end, fps)], dtype=np.int64)
 
 
-def frame_pairs(video, fps: float | None):
-    """(k, picture, the next picture or None after the last, kept) for every frame of a Video or VideoStream,
-    each given when its next frame has arrived, since whether a frame is kept depends on when the next one is
-    shown (for the last, on the video's end, which only the end of the stream tells). Only two frames are held."""
+def frame_pairs(video, fps: float | None, full_range: bool = True):
+    """(k, picture, the next picture or None after the last, kept) for every frame of a Video or VideoStream (its
+    pictures(full_range)), each given when its next frame has arrived, since whether a frame is kept depends on
+    when the next one is shown (for the last, on the video's end, which only the end of the stream tells). Only
+    two frames are held."""
     previous, k = None, -1
-    for k, picture in enumerate(video.pictures()):
+    for k, picture in enumerate(video.pictures(full_range)):
         if previous is not None:
             yield k - 1, previous, picture, keeps(previous.time, picture.time, fps)
         previous = picture
@@ -153,8 +153,8 @@ def make_sample(record, video: Video | VideoStream, *, fps: float | None, qualit
     try:
         indices, times = _encode(video, fps, quality, rgb, tg)
     except BaseException:
-        rgb.file.close()
-        tg.file.close()
+        rgb.close()
+        tg.close()
         raise
     meta = {
         "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
@@ -179,7 +179,7 @@ def _encode(video, fps: float | None, quality: int, rgb: "_Payload", tg: "_Paylo
     kept, times = [], []
     for k, picture, following, keep in frame_pairs(video, fps):
         if keep:
-            rgb.add(_jpeg(picture.planes, quality))
+            rgb.add(_jpeg(picture, quality))
             if following is not None:
                 tg.add(_jpeg(planes.difference(picture, following), quality))
             kept.append(k)
@@ -188,23 +188,34 @@ def _encode(video, fps: float | None, quality: int, rgb: "_Payload", tg: "_Paylo
 
 
 class _Payload:
-    """One modality's JPEGs, concatenated as they are made, and the offsets that cut them apart again."""
+    """One modality's JPEGs, concatenated as they are made, and the offsets that cut them apart again: held as a
+    list of JPEGs (joined once, at the end) up to SPOOL_BYTES, then, with a spool folder, in a temporary file there
+    (as tempfile.SpooledTemporaryFile would, without copying every JPEG into a growing buffer first)."""
 
     def __init__(self, spool: Path | None):
-        self.file = io.BytesIO() if spool is None else tempfile.SpooledTemporaryFile(SPOOL_BYTES, dir=spool,
-                                                                                     prefix=SPOOL_PREFIX)
-        self.offsets = [0]
+        self.spool, self.chunks, self.file, self.offsets = spool, [], None, [0]
 
     def add(self, jpeg: bytes) -> None:
-        self.file.write(jpeg)
         self.offsets.append(self.offsets[-1] + len(jpeg))
+        if self.file is not None:
+            self.file.write(jpeg)
+            return
+        self.chunks.append(jpeg)
+        if self.spool is not None and self.offsets[-1] > SPOOL_BYTES:
+            self.file = tempfile.TemporaryFile(dir=self.spool, prefix=SPOOL_PREFIX)
+            self.file.writelines(self.chunks)
+            self.chunks = None
 
     def value(self):
         """The bytes, or the spooled file, rewound."""
-        if isinstance(self.file, io.BytesIO):
-            return self.file.getvalue()
+        if self.file is None:
+            return b"".join(self.chunks)
         self.file.seek(0)
         return self.file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def read_meta(sample: dict, classes: int | None = None) -> dict:
@@ -271,15 +282,10 @@ def decode_frames(sample: dict, modality: str, indices, reduce: int = 1, meta: d
     return out
 
 
-def _jpeg(ycbcr, quality: int) -> bytes:
-    """A JPEG of Y, Cb and Cr planes as they lie (the decoder's padded rows): 4:2:0 from the planes' sizes, no colour
-    conversion. TurboJPEG reads a 4:2:0 Y plane to even sides, one column and one row past an odd one (garbage,
-    or past the array): such a plane goes in as a view of a copy whose extra row and column repeat its edge."""
-    y, cb, cr = ycbcr
-    height, width = y.shape
-    if height % 2 or width % 2:
-        y = np.pad(y, ((0, height % 2), (0, width % 2)), mode="edge")[:height, :width]
-    return simplejpeg.encode_jpeg_yuv_planes(y, cb, cr, quality)
+def _jpeg(picture: planes.Picture, quality: int) -> bytes:
+    """A JPEG of a Picture's planes: 4:2:0, no colour conversion. TurboJPEG reads a 4:2:0 Y plane to even sides,
+    past an odd one: a Picture's buffer holds the repeated edge there (tgprep.planes)."""
+    return simplejpeg.encode_jpeg_yuv_planes(picture.y, picture.cb, picture.cr, quality)
 
 
 def _unjpeg(data, full: tuple[int, int], reduce: int, out: np.ndarray, what: str) -> None:

@@ -61,9 +61,9 @@ class Video:
     def __iter__(self):
         return iter(self.frames)
 
-    def pictures(self):
-        """Every frame as JPEG's planes (tgprep.planes.from_rgb) with its time."""
-        return (Picture(*planes.from_rgb(frame), float(time)) for frame, time in zip(self.frames, self.times))
+    def pictures(self, full_range: bool = True):
+        """Every frame as JPEG's planes (tgprep.planes.from_rgb; limited range for H.264) with its time."""
+        return (planes.from_rgb(frame, float(time), full_range) for frame, time in zip(self.frames, self.times))
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -89,7 +89,8 @@ class VideoStream:
     side resized, and raising VideoError if fewer than 2 frames decode:
       iter(stream)      (H, W, 3) uint8 RGB (libswscale, as the ffmpeg program converts);
       stream.timed()    (time, RGB frame) pairs, the time in seconds after the first frame (see _Clock);
-      stream.pictures() tgprep.planes.Picture: JPEG's Y, Cb and Cr planes and the time, never RGB (the build's).
+      stream.pictures() tgprep.planes.Picture: JPEG's Y, Cb and Cr planes and the time, never RGB (the build's;
+                        full_range False: the same in limited range, for H.264).
     Once iterated, duration is the last frame's time plus its duration. Use it as a context manager, which closes
     the file.
 
@@ -133,11 +134,10 @@ class VideoStream:
             self.source_size = (raw.height, raw.width) if self._turns % 2 else (raw.width, raw.height)
             self.size = target_size(*self.source_size, short_side)
             unturned = self.size[::-1] if self._turns % 2 else self.size  # the scalers work before the turn
-            self.pixels = planes.describe(raw)
+            self.pixels = planes.describe(raw)  # and, once pictures() is asked for, the step they take
             self.duration = None
-            # one of each per video, so libswscale's context is set up once, not per frame
-            self._scaler, self._planes = VideoReformatter(), planes.PlaneConverter(unturned)
-            self.pixels["step"] = self._planes.step(raw)
+            self._unturned = unturned
+            self._scaler = VideoReformatter()  # one per video, so libswscale's context is set up once, not per frame
         except BaseException:
             self._container.close()
             raise
@@ -154,8 +154,11 @@ class VideoStream:
     def timed(self):
         return self._frames(self._convert)
 
-    def pictures(self):
-        return (Picture(*planes, time) for time, planes in self._frames(self._picture))
+    def pictures(self, full_range: bool = True):
+        self._planes = planes.PlaneConverter(self._unturned, self._turns, full_range)
+        if self._first is not None:
+            self.pixels["step"] = self._planes.step(self._first[0])
+        return (picture for _, picture in self._frames(self._picture))
 
     def _frames(self, convert):
         """(time, convert(frame)) of every frame, reporting progress; the stream's one pass."""
@@ -164,7 +167,7 @@ class VideoStream:
         decoded, self._first = self._first, None
         while decoded is not None:
             raw, when = decoded
-            yield when, convert(raw)
+            yield when, convert(raw, when)
             if self._on_frames and self.decoded % REPORT_EVERY == 0:
                 self._on_frames(REPORT_EVERY)
             decoded = self._decode()
@@ -190,7 +193,7 @@ class VideoStream:
         self.decoded += 1
         return raw, self._clock(raw)
 
-    def _convert(self, raw) -> np.ndarray:
+    def _convert(self, raw, _) -> np.ndarray:
         """One frame as RGB, resized by libswscale and turned upright by numpy (a view, no copy)."""
         started = time.monotonic()
         size = self.size[::-1] if self._turns % 2 else self.size  # the scaler works before the turn
@@ -199,12 +202,12 @@ class VideoStream:
         self._check_time(started)
         return np.rot90(rgb, self._turns) if self._turns else rgb
 
-    def _picture(self, raw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One frame as JPEG's planes (tgprep.planes), resized and turned upright (views where no step is needed)."""
+    def _picture(self, raw, when: float) -> Picture:
+        """One frame as JPEG's planes (tgprep.planes), resized and turned upright."""
         started = time.monotonic()
-        converted = planes.turned(self._planes(raw), self._turns)
+        picture = self._planes(raw, when)
         self._check_time(started)
-        return converted
+        return picture
 
     def _check_time(self, started: float) -> None:
         self._spent += time.monotonic() - started
