@@ -7,9 +7,9 @@ Two corpora of real clips from ../shared/realdata/videos, each built as a folder
   kinetics: the three Kinetics-400 clips (h264 340x256, 10 s), two copies each;
   hmdb-ucf: the four HMDB-51 and two UCF-101 clips (240p, 48 to 251 frames), the 240p material HMDB and UCF are.
 Ways to store each: frames (the default), frames --fps 7.5, and video with x264's presets medium, faster, veryfast
-and superfast (CRF 17, tune fastdecode, 5 B-frames none of them a reference, a keyframe every 32 frames), and
-veryfast with a keyframe every 16 and every 64, and at CRF 18 (the preset and CRF set as tgprep.video_sample's
-PRESET and CRF in this process before the build; the build's workers are forked from it).
+and superfast (CRF 17, tune fastdecode, 5 B-frames none of them a reference, a keyframe every 32 frames), veryfast
+and superfast at CRF 18, and superfast CRF 18 with a keyframe every 16 and every 64 (the preset and CRF set as
+tgprep.video_sample's PRESET and CRF in this process before the build; the build's workers are forked from it).
   bytes:  the shards' bytes per video and their ratio to the original files';
   loader: tgtrain.data.train_stream in this process (no workers, one torch thread), 8 RGB + 8 TG frames 8 apart,
           batch 8, size 224, over every shard: clips/s and clips per CPU-second, medians of --rounds rounds, the
@@ -64,9 +64,10 @@ WAYS = {"frames": dict(store="frames"), "frames --fps 7.5": dict(store="frames",
         "video, faster, CRF 17, keyframe 32": video("faster"),
         "video, veryfast, CRF 17, keyframe 32": video("veryfast"),
         "video, superfast, CRF 17, keyframe 32": video("superfast"),
-        "video, veryfast, CRF 17, keyframe 16": video("veryfast", keyframe_interval=16),
-        "video, veryfast, CRF 17, keyframe 64": video("veryfast", keyframe_interval=64),
-        "video, veryfast, CRF 18, keyframe 32": video("veryfast", crf=18)}
+        "video, veryfast, CRF 18, keyframe 32": video("veryfast", crf=18),
+        "video, superfast, CRF 18, keyframe 32": video("superfast", crf=18),
+        "video, superfast, CRF 18, keyframe 16": video("superfast", crf=18, keyframe_interval=16),
+        "video, superfast, CRF 18, keyframe 64": video("superfast", crf=18, keyframe_interval=64)}
 # video: <= 2x the original files, >= 0.5x the frame shards' clips per CPU-s, <= 3 CPU ms per frame to build
 TARGET_BYTES, TARGET_CPU, TARGET_BUILD_MS = 2.0, 0.5, 3.0
 

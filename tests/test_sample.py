@@ -13,9 +13,9 @@ from tgprep.shards import ShardTask, write_shard
 from tgprep.verification import verify
 import simplejpeg
 
-from tgprep import planes
+from tgprep import limits, planes
 from tgprep.sample import SampleError, decode_frames, keeps, make_sample, read_meta, select_frames, tg_from_stored
-from tgprep.video import Video, decode
+from tgprep.video import Video, VideoError, decode
 from tgtrain.data import train_stream
 
 RECORD = Record("hmdb51_wave_clip", "wave/clip.avi", "wave", 7, "train")
@@ -210,3 +210,11 @@ def test_shards_of_the_earlier_4_4_4_layout_still_load_and_verify(hmdb, tmp_path
     batches = list(train_stream(urls, batch_size=2, clip_len=4, interval=8, size=112, labeled=True, epoch_batches=2,
                                 seed=0))
     assert all(b["rgb"].shape == b["tg"].shape == (2, 4, 112, 112, 3) for b in batches)
+
+
+def test_a_json_past_the_readers_limit_is_a_failure_not_a_sample(hmdb, monkeypatch, tmp_path):
+    monkeypatch.setattr(limits, "MAX_SAMPLE_JSON_BYTES", 2000)  # 74 frames make 2.6 KB of .json, 10 frames 1 KB
+    assert make_sample(RECORD, Video(hmdb.frames[:10], 30.0, (320, 240)), fps=None, quality=90, with_label=False)
+    with pytest.raises(VideoError, match=r"^74 frames make a \.json of \d+ bytes, over the readers' limit of 2000;"):
+        make_sample(RECORD, hmdb, fps=None, quality=90, with_label=False, spool=tmp_path)
+    assert not list(tmp_path.iterdir())

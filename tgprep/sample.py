@@ -141,9 +141,10 @@ def make_sample(record, video: Video | VideoStream, *, fps: float | None, qualit
     """The WebDataset sample of one video; record is a tgprep.datasets.common.Record.
 
     video is a Video (frames in memory) or a VideoStream (frames decoded as they are needed); either way the
-    frames pass one at a time, as JPEG's planes (tgprep.planes.Picture). The .rgb and .tg payloads are bytes, or, with spool (a folder), files that stay
-    in memory up to SPOOL_BYTES and then move to an unnamed temporary file in that folder: the caller copies
-    them from the start and closes them (shards.write_shard). A VideoError of the stream goes to the caller.
+    frames pass one at a time, as JPEG's planes (tgprep.planes.Picture). The .rgb and .tg payloads are bytes, or,
+    with spool (a folder), files that stay in memory up to SPOOL_BYTES and then move to an unnamed temporary file
+    in that folder: the caller copies them from the start and closes them (shards.write_shard). A VideoError of
+    the stream goes to the caller.
     """
     width, height = video.size
     if width * height > limits.MAX_PIXELS:  # every reader refuses such frames: never write them
@@ -152,25 +153,31 @@ def make_sample(record, video: Video | VideoStream, *, fps: float | None, qualit
     rgb, tg = _Payload(spool), _Payload(spool)
     try:
         indices, times = _encode(video, fps, quality, rgb, tg)
+        text = meta_json({**shared_meta(record, video, fps, indices, times), "tg_frames": len(tg.offsets) - 1,
+                          "rgb_offsets": rgb.offsets, "tg_offsets": tg.offsets, "format_version": FORMAT_VERSION,
+                          "rgb_encoding": {**RGB_ENCODING, "quality": quality},
+                          "tg_encoding": {**TG_ENCODING, "quality": quality}})
     except BaseException:
         rgb.close()
         tg.close()
         raise
-    meta = {
-        "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
-        "label": record.label, "split": record.split,
-        "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
-        "frames": len(indices), "tg_frames": len(tg.offsets) - 1, "frame_indices": indices, "frame_times": times,
-        "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
-        "source_pixels": video.pixels, "rgb_offsets": rgb.offsets, "tg_offsets": tg.offsets,
-        "rgb_encoding": {**RGB_ENCODING, "quality": quality}, "tg_encoding": {**TG_ENCODING, "quality": quality},
-        "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
-    }
-    sample = {"__key__": record.key, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-              "rgb": rgb.value(), "tg": tg.value()}
+    sample = {"__key__": record.key, "json": text, "rgb": rgb.value(), "tg": tg.value()}
     if with_label:
         sample["cls"] = str(record.label).encode()
     return sample
+
+
+def shared_meta(record, video, fps: float | None, kept: list[int], times: list[float]) -> dict:
+    """The .json fields of both kinds (tgprep.video_sample's too): the video, and which of its frames are kept."""
+    width, height = video.size
+    return {
+        "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
+        "label": record.label, "split": record.split,
+        "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
+        "frames": len(kept), "frame_indices": kept, "frame_times": times,
+        "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
+        "source_pixels": video.pixels, "format": FORMAT, "tgprep_version": tgprep.__version__,
+    }
 
 
 def _encode(video, fps: float | None, quality: int, rgb: "_Payload", tg: "_Payload") -> tuple[list, list]:
@@ -185,6 +192,15 @@ def _encode(video, fps: float | None, quality: int, rgb: "_Payload", tg: "_Paylo
             kept.append(k)
             times.append(round(picture.time, 6))
     return kept, times
+
+
+def meta_json(meta: dict) -> bytes:
+    """A sample's .json bytes (sorted keys: deterministic), refused as a VideoError past the readers' limit."""
+    data = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    if len(data) > limits.MAX_SAMPLE_JSON_BYTES:
+        raise VideoError(f"{meta['frames']} frames make a .json of {len(data)} bytes, over the readers' limit of "
+                         f"{limits.MAX_SAMPLE_JSON_BYTES}; build with a lower --fps")
+    return data
 
 
 class _Payload:

@@ -22,7 +22,6 @@ decoding, and decode in-process with PyAV, single-threaded.
 """
 
 import io
-import json
 import os
 import subprocess
 import tempfile
@@ -32,9 +31,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-import tgprep
 from tgprep import limits
-from tgprep.sample import FORMAT, SPOOL_BYTES, SPOOL_PREFIX, SampleError, frame_pairs
+from tgprep.sample import SPOOL_BYTES, SPOOL_PREFIX, SampleError, frame_pairs, meta_json, shared_meta
 from tgprep.sample import read_meta as read_frame_meta
 from tgprep.video import Video, VideoStream, ffmpeg_exe
 
@@ -82,33 +80,25 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
         time_base, pts, keyframes = _index(file)
         if len(pts) != len(stored):
             raise RuntimeError(f"the encoder wrote {len(pts)} frames of {len(stored)}")
+        at = {k: p for p, k in enumerate(stored)}
+        text = meta_json({
+            **shared_meta(record, video, fps, kept, times), "tg_frames": sum(k + 1 in at for k in kept),
+            "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
+                      "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "color_range": COLOR_RANGE,
+                      "keyframe_interval": keyframe_interval, "time_base": time_base, "pts": pts,
+                      "keyframes": keyframes, "stored_indices": stored},
+            "kind": KIND, "format_version": FORMAT_VERSION})
     except BaseException:
         file.close()
         if os.path.exists(name):
             os.unlink(name)
         raise
-    width, height = video.size
-    at = {k: p for p, k in enumerate(stored)}
-    meta = {
-        "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
-        "label": record.label, "split": record.split,
-        "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
-        "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept, "frame_times": times,
-        "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
-        "source_pixels": video.pixels,
-        "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
-                  "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "color_range": COLOR_RANGE,
-                  "keyframe_interval": keyframe_interval,
-                  "time_base": time_base, "pts": pts, "keyframes": keyframes, "stored_indices": stored},
-        "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
-    }
     large = spool is not None and file.seek(0, io.SEEK_END) > SPOOL_BYTES
     file.seek(0)
     data = file if large else file.read()  # a small one leaves the disk at once
     if not large:
         file.close()
-    sample = {"__key__": record.key, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-              "mp4": data}
+    sample = {"__key__": record.key, "json": text, "mp4": data}
     if with_label:
         sample["cls"] = str(record.label).encode()
     return sample
