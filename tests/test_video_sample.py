@@ -66,7 +66,7 @@ def test_a_video_sample_round_trips(kinetics):
     decoded = np.stack(decode_positions(sample, meta, list(range(303))))
     assert np.array_equal(decoded, every_frame(sample))  # tgprep's reader = a plain decode of the member
     error = np.abs(decoded.astype(np.int16) - original.frames).mean()
-    assert error < 3.5, error  # the H.264 re-encode at CRF 17, against the frames decoded from the original
+    assert error < 4.5, error  # the H.264 re-encode (superfast, CRF 18), against the frames decoded from the original
     check_decodes(sample, meta)
     assert sample["cls"] == b"375" and not {"rgb", "tg"} & set(sample)
 

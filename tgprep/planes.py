@@ -43,10 +43,10 @@ class Picture:
 
     __slots__ = ("data", "width", "height", "even_y", "y", "cb", "cr", "time")
 
-    def __init__(self, width: int, height: int, time: float = 0.0, data: np.ndarray | None = None):
+    def __init__(self, width: int, height: int, time: float = 0.0):
         even_w, even_h = width + width % 2, height + height % 2
         luma, chroma = even_w * even_h, even_w * even_h // 4
-        self.data = np.empty(luma + 2 * chroma, np.uint8) if data is None else data
+        self.data = np.empty(luma + 2 * chroma, np.uint8)
         self.width, self.height, self.time = width, height, time
         self.even_y = self.data[:luma].reshape(even_h, even_w)
         self.y = self.even_y[:height, :width]

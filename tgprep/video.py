@@ -133,10 +133,9 @@ class VideoStream:
             self._turns = round(raw.rotation / 90) % 4  # counter-clockwise quarter turns that make it upright
             self.source_size = (raw.height, raw.width) if self._turns % 2 else (raw.width, raw.height)
             self.size = target_size(*self.source_size, short_side)
-            unturned = self.size[::-1] if self._turns % 2 else self.size  # the scalers work before the turn
+            self._unturned = self.size[::-1] if self._turns % 2 else self.size  # the scalers work before the turn
             self.pixels = planes.describe(raw)  # and, once pictures() is asked for, the step they take
             self.duration = None
-            self._unturned = unturned
             self._scaler = VideoReformatter()  # one per video, so libswscale's context is set up once, not per frame
         except BaseException:
             self._container.close()
@@ -196,9 +195,9 @@ class VideoStream:
     def _convert(self, raw, _) -> np.ndarray:
         """One frame as RGB, resized by libswscale and turned upright by numpy (a view, no copy)."""
         started = time.monotonic()
-        size = self.size[::-1] if self._turns % 2 else self.size  # the scaler works before the turn
         # a fixed output size also absorbs streams whose frame size changes midway
-        rgb = self._scaler.reformat(raw, *size, format="rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
+        rgb = self._scaler.reformat(raw, *self._unturned, format="rgb24", interpolation="BICUBIC",
+                                    threads=1).to_ndarray()
         self._check_time(started)
         return np.rot90(rgb, self._turns) if self._turns else rgb
 

@@ -40,14 +40,14 @@ KIND, FORMAT_VERSION = "video", 2
 # The encoder gets the frames' planes (tgprep.planes: BT.601 4:2:0, never RGB) in limited range, as video is coded:
 # a limited-range source's planes as they are, and at the same CRF 10 % fewer bytes than full range.
 ENCODER, PIX_FMT, COLOR_RANGE = "libx264", "yuv420p", "tv"
-# CRF 17 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
+# CRF 18 at x264's superfast preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
 # references, none of them a reference: a loader skips those a clip does not want (tgprep.video_decode), so a
-# clip decodes about 27 frames instead of 60. On Kinetics clips (BENCHMARKS.md) that loads at about 0.5x the frame
-# shards' clips per CPU-second (0.27x with CRF 18, no B-frames and every frame decoded) for 1.92x the original
-# files' bytes (1.84x) and 0.2 grey levels more error: x264 codes B-frames coarser, and CRF 17 with a keyframe every
-# 32 wins back part of it at about the same bytes. The keyframe interval (--keyframe-interval) trades bytes against
-# the frames a clip decodes.
-CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 17, "medium", "fastdecode", 5, 32
+# clip decodes about 27 frames instead of 60. Chosen by bench/storage.py's table (BENCHMARKS.md) on Kinetics clips:
+# 2.1-2.2 build CPU ms per frame against 6.3-8.2 at medium CRF 17 (the earlier default), 1.88x the original files'
+# bytes (1.96x), loading at 0.41x-0.47x the frame shards' clips per CPU-second (0.38x-0.40x), for about 0.6 grey
+# levels more TG error (3.43 against 2.83); veryfast, the next preset up, took 2.4-3.4 ms. The keyframe interval
+# (--keyframe-interval) trades bytes against the frames a clip decodes: 16 and 64 loaded no differently.
+CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 18, "superfast", "fastdecode", 5, 32
 # Always B_FRAMES B-frames between references (b-adapt 0), none of them a reference (b-pyramid none)
 B_PLACEMENT = "b-adapt=0:b-pyramid=none"
 # An H.264 frame in an MP4 takes at least its 4-byte size entry and a few bytes of slice: a member of N bytes
