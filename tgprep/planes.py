@@ -29,7 +29,8 @@ C_TABLE = np.clip(np.round((np.arange(256) - 128) * 255 / 224 + 128), 0, 255).as
 
 
 def _pairs(table: np.ndarray) -> np.ndarray:
-    """The table applied to two bytes at once, indexed by them read as one uint16: half the lookups, 30 % less CPU."""
+    """The table applied to two bytes at once, indexed by them read as one uint16: numpy widens every index to 64
+    bits, so half as many indices cost 5 % to 15 % less CPU for the whole step (bench/stages.py)."""
     both = np.arange(1 << 16)
     return table[both & 255].astype(np.uint16) | table[both >> 8].astype(np.uint16) << 8
 

@@ -20,7 +20,7 @@ encode_jpeg_yuv_planes), at the source's own 4:2:0, after at most one step (tgpr
   - yuvj420p, or yuv420p tagged full range (MJPEG, some phones), BT.601 or untagged, at the stored size: none,
     the decoder's planes as they are;
   - yuv420p in limited range (16-235: MPEG-4 part 2, H.264, most video), BT.601 or untagged, at the stored
-    size: a 256-entry table per plane stretches the range (15 % less CPU than libswscale's, bench/stages.py);
+    size: a 256-entry table per plane stretches the range (a third less CPU than libswscale, bench/stages.py);
   - anything else (a --short-side resize, BT.709 or another matrix, 4:2:2, 4:4:4, 10 bits, RGB, grey):
     libswscale in one pass: resize, matrix and range to full-range BT.601 4:2:0.
 Untagged matrices are BT.601, as libswscale and JPEG decoders take them. The .json's source_pixels says which
@@ -36,11 +36,12 @@ of the RGB difference, and the JPEG decoder's clamp to 0..255 is the clip below.
 
 TG encoding "jpeg-clip128": stored = clip(d, -128, 127) + 128 as a JPEG; d = stored * 1.0 - 128.0
 (tg_from_stored). A step of 1, not the paper's 2: on the real HMDB/UCF clips |d| > 127 for 0.09 % of the
-values, and at quality 90 the whole mean absolute error (clipping + JPEG) against the exact int16 difference
-is 0.74 grey levels (0.31 to 1.34 per clip), below the paper's (d + 255) // 2 JPEG (1.33) and, on every clip,
-below a TG derived at load time from the stored RGB JPEGs (0.78), for fewer bytes than the paper's TG
-(8.5 vs 8.9 KB per 240p frame) (measured when TG was taken on RGB; BENCHMARKS.md has both). No Huffman
-optimisation: -9 % bytes for +0.3 ms per image. See BENCHMARKS.md.
+values. At quality 90 the whole mean absolute error (clipping + JPEG) against the exact int16 difference of the
+decoded RGB frames is 1.16 grey levels on bench/prep.py's corpus (1.30 on its real pieces), against 1.77 (1.76) for
+the paper's (d + 255) // 2 JPEGs; taken on RGB, as builds did before, it was 1.11 (1.24), since it then shared
+those frames' chroma filter; against the RGB a JPEG decoder makes from the source's planes the two are level
+(0.95 and 0.96). TG costs fewer bytes than the paper's (8.9 vs 10.1 KB per frame there). No Huffman optimisation:
+-9 % bytes for +0.3 ms per image. See BENCHMARKS.md.
 
 Frames kept at --fps: by presentation time, as ffmpeg's fps filter keeps them (keeps, select_frames): a frame is
 kept when a tick of the rate, counted from the first frame, falls from its own time until the next frame's; a
