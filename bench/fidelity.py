@@ -1,6 +1,7 @@
 """bench/prep.py's storage table: bytes per frame, and how close stored frames are to the source, against
 references that do not count a chroma filter as loss.
- A video decodes to Y, Cb and Cr planes; RGB is made from them with some chroma upsampling,
+
+A video decodes to Y, Cb and Cr planes; RGB is made from them with some chroma upsampling,
 which differs between libswscale (tgprep.video.decode, the ffmpeg program) and a JPEG decoder. Three references:
   decoded RGB   tgprep.video.decode's frames (libswscale): the old metric, and TG's exact difference "as now";
   planes        the decoder's own planes, stretched to full range without rounding: PSNR of Y, Cb and Cr;
@@ -177,7 +178,8 @@ def stored_bytes(work: Path, shards: Path, names: list[str], quality: int) -> di
     out = {"ours": sizes, "paper": {}, "4:4:4": {}}
     for name in names:
         folder = work / "folders" / Path(name).with_suffix("")
-        out["paper"][name] = tuple(sum(f.stat().st_size for f in folder.glob(f"{p}_*.jpg")) for p in ("img", "tempgrad"))
+        out["paper"][name] = tuple(sum(f.stat().st_size for f in folder.glob(f"{prefix}_*.jpg"))
+                                   for prefix in ("img", "tempgrad"))
         rgb, tg = jpeg_bytes_444(decode(work / "corpus" / name, short_side=0).frames, quality)
         out["4:4:4"][name] = (sum(map(len, rgb)), sum(map(len, tg)))
     return out
@@ -207,6 +209,7 @@ def storage(work: Path, shards: Path, counts: dict[str, int], sample: int, quali
                 "tg_kb": sum(sizes[way][v][1] for v in groups[group]) / (frames - len(groups[group])) / 1e3,
                 "rgb_psnr": psnr(s["rgb_sq"], n["rgb"]),
                 "rgb_psnr_planes": psnr(s["rgb_sq_planes"], n["rgb"]),
+                # a chroma plane holds a quarter of Y's values (the corpus's sides are even)
                 **{f"{c}_psnr": psnr(s[f"{c}_sq"], n["y"] // (1 if c == "y" else 4)) for c in ("y", "cb", "cr")},
                 "tg_mae": s["tg_abs"] / n["tg"], "tg_mae_planes": s["tg_abs_planes"] / n["tg"]}
             table[group][way]["total_kb"] = table[group][way]["rgb_kb"] + table[group][way]["tg_kb"]

@@ -20,11 +20,11 @@ Every whole process pays its interpreter's start-up and imports: (b) twice, (f) 
 Wall and CPU seconds (CPU counts every child process) are medians over --repeats, the ways taking turns within
 each repeat. The machine may be shared with other work: the CPU-second ratio suffers less from it.
 
-Storage, on a sample of videos: bytes per frame of the last build's shards ("ours"), of (b)'s folders ("paper")
-and of the frames as the build stored them before it took the decoder's planes ("4:4:4": RGB q 4:4:4 JPEGs of
-the RGB frames, TG of their RGB difference), with the fidelity of each against three references (bench/
-fidelity.py): the decoded RGB frames (tgprep.video.decode; OpenCV's decode gives the same pixels), the decoder's
-own planes, and RGB made from those planes as a JPEG decoder makes it. TG's error is against the exact int16
+Storage: bytes per frame over every video of the last build's shards ("ours"), of (b)'s folders ("paper") and of
+the frames as the build stored them before it took the decoder's planes ("4:4:4": RGB 4:4:4 JPEGs of the RGB
+frames at the build's quality, TG of their RGB difference), and, on a sample of videos, the fidelity of each
+against three references (bench/fidelity.py): the decoded RGB frames (tgprep.video.decode; OpenCV's decode gives
+the same pixels), the decoder's own planes, and RGB made from those planes as a JPEG decoder makes it. TG's error is against the exact int16
 difference of the decoded RGB frames, as it always was, and against that of the planes' RGB.
 """
 
@@ -69,8 +69,6 @@ def pyav_planes(path: Path) -> int:
     """(p): the build's own reading of a video, frames to JPEG's planes, dropped."""
     with VideoStream(path, short_side=0) as stream:
         return sum(1 for _ in stream.pictures())
-
-
 
 
 def in_pool(fn, *items: list) -> list:

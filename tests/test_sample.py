@@ -202,10 +202,10 @@ def test_shards_of_the_earlier_4_4_4_layout_still_load_and_verify(hmdb, tmp_path
     for name, sample in (("labeled-000000", old), ("labeled-000001", new)):
         write_shard(tmp_path, ShardTask(name, "labeled", [RECORD]), lambda record, with_label: dict(sample))
     assert verify(tmp_path) == []
-    frames = {way: decode_frames(sample, "rgb", [0, 40, 73]).astype(float) for way, sample in (("old", old), ("new", new))}
-    for decoded in frames.values():
+    for sample in (old, new):
+        decoded = decode_frames(sample, "rgb", [0, 40, 73]).astype(float)
         assert 10 * np.log10(255**2 / ((decoded - hmdb.frames[[0, 40, 73]]) ** 2).mean()) > 37  # PSNR in dB
-    assert simplejpeg.decode_jpeg_header(old["rgb"])[3] == "444" and simplejpeg.decode_jpeg_header(new["rgb"])[3] == "420"
+    assert [simplejpeg.decode_jpeg_header(s["rgb"])[3] for s in (old, new)] == ["444", "420"]
     urls = [str(tar) for tar in sorted(tmp_path.glob("*.tar"))]
     batches = list(train_stream(urls, batch_size=2, clip_len=4, interval=8, size=112, labeled=True, epoch_batches=2,
                                 seed=0))
