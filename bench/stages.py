@@ -1,20 +1,26 @@
-"""Where a build's time goes: milliseconds per frame for each stage of one in-process build.
+"""Where a build's time goes: milliseconds per frame for each stage of one in-process build; and which way of
+making JPEG's planes from a limited-range frame costs least.
 
 Run from the project root: python bench/stages.py [--short-side 0] [--repeats 3] [--work DIR]
 
 The corpus: the real HMDB-51, UCF-101 and Kinetics-400 clips of ../shared/realdata as a folder dataset of links.
 The build is tgprep.build.build() itself, its shard tasks run in this process (not in worker processes, whose
 timers would be lost with them), with the function of each stage wrapped in a timer:
-  decode     VideoStream._decode: demuxing and decoding one frame (PyAV, one thread)
-  convert    VideoStream._convert: libswscale's YUV -> RGB conversion and resize in one pass, turned upright
-  TG         sample.temporal_gradient and encode_tg's clip and shift: int16 arithmetic, no floats
-  RGB JPEG   sample._jpeg of the RGB frame (libjpeg-turbo through simplejpeg, 4:4:4)
-  TG JPEG    sample._jpeg of the stored TG frame (the same, 4:2:0)
+  decode     VideoStream._decode: demuxing and decoding one frame (PyAV, one thread), and its time
+  planes     VideoStream._picture: the decoder's planes made JPEG's (tgprep.planes: a range table here), upright
+  TG         planes.difference: TG's planes, int16 arithmetic, no floats
+  RGB JPEG   sample._jpeg of a frame's planes (libjpeg-turbo through simplejpeg, 4:2:0, no colour conversion)
+  TG JPEG    sample._jpeg of TG's planes (the same)
   tar write  shards.add_sample: copying a sample's members into its tar
   other      the rest of build(): scanning, the plan, manifests, sidecars, Python between the stages
 Every figure is divided by the frames decoded (with no --fps, every frame is stored: TG has one frame fewer per
 video). CPU time (this process's), so that other work on the machine does not count; medians over --repeats
 builds. "all" is the whole build's CPU time, which the timers cannot overstate.
+
+The second table: the three ways of turning a limited-range yuv420p frame (every clip here) into JPEG's planes at
+its own size, each over the first 100 frames of every clip, medians of --repeats interleaved rounds: the table
+lookup the build uses, libswscale's range conversion through PyAV, and the decoder's planes as they are (what a
+full-range source costs), with RGB through libswscale beside them.
 """
 
 import argparse
@@ -25,15 +31,20 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import median
 
+import av
+import numpy as np
+from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
+
 import tgprep.build
+import tgprep.planes
 import tgprep.sample
 import tgprep.shards
 from tgprep.build import build
 from tgprep.config import BuildConfig
-from tgprep.video import VideoStream
+from tgprep.video import TAG_DECODING, VideoStream
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "videos"
-STAGES = ("decode", "convert", "TG", "RGB JPEG", "TG JPEG", "tar write", "other")
+STAGES = ("decode", "planes", "TG", "RGB JPEG", "TG JPEG", "tar write", "other")
 
 
 def corpus(work: Path) -> Path:
@@ -67,14 +78,46 @@ def instrument(seconds: dict) -> None:
         return wrapper
 
     VideoStream._decode = timed(VideoStream._decode, lambda *_: "decode")
-    VideoStream._convert = timed(VideoStream._convert, lambda *_: "convert")
-    tgprep.sample.temporal_gradient = timed(tgprep.sample.temporal_gradient, lambda *_: "TG")
-    # encode_tg's time includes its JPEG: the JPEG is taken out again below
-    tgprep.sample.encode_tg = timed(tgprep.sample.encode_tg, lambda *_: "TG")
-    jpeg_stage = {tgprep.sample.RGB_SUBSAMPLING: "RGB JPEG", tgprep.sample.TG_SUBSAMPLING: "TG JPEG"}
-    tgprep.sample._jpeg = timed(tgprep.sample._jpeg, lambda image, quality, subsampling: jpeg_stage[subsampling])
+    VideoStream._picture = timed(VideoStream._picture, lambda *_: "planes")
+    difference, tg_pictures = timed(tgprep.planes.difference, lambda *_: "TG"), set()
+
+    def marked(*args):  # so that the two encodes tell apart
+        picture = difference(*args)
+        tg_pictures.add(id(picture))
+        return picture
+
+    tgprep.planes.difference = marked
+    tgprep.sample._jpeg = timed(tgprep.sample._jpeg, lambda picture, _: "TG JPEG" if id(picture) in tg_pictures
+                                and not tg_pictures.discard(id(picture)) else "RGB JPEG")
     tgprep.shards.add_sample = timed(tgprep.shards.add_sample, lambda *_: "tar write")
     tgprep.build.executor = lambda config: InProcess()
+
+
+def conversions(root: Path, repeats: int) -> tuple[dict[str, float], int]:
+    """CPU ms per frame of each way to JPEG's planes from the clips' limited-range frames (see the docstring)."""
+    frames = []
+    for video in sorted(root.glob("*/*")):
+        with av.open(str(video), **TAG_DECODING) as container:
+            frames += [frame for _, frame in zip(range(100), container.decode(video=0))]
+    scaler, tables = VideoReformatter(), (tgprep.planes.Y_TABLE, tgprep.planes.C_TABLE, tgprep.planes.C_TABLE)
+    ways = {
+        "range table, two bytes a lookup, into a Picture (the build's)":
+            lambda f: tgprep.planes.PlaneConverter((f.width, f.height), 0)(f, 0.0),
+        "range table, a byte a lookup (np.take)": lambda f: [np.take(t, p) for t, p in zip(
+            tables, tgprep.planes.plane_views(f))],
+        "libswscale range conversion (PyAV reformat)": lambda f: tgprep.planes.plane_views(scaler.reformat(
+            f, format="yuv420p", dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.JPEG, threads=1)),
+        "none: the decoder's planes (a full-range source)": tgprep.planes.plane_views,
+        "RGB through libswscale (the RGB path)": lambda f: scaler.reformat(f, format="rgb24", threads=1).to_ndarray(),
+    }
+    rounds = {way: [] for way in ways}
+    for _ in range(repeats):
+        for way, convert in ways.items():
+            start = time.process_time()
+            for frame in frames:
+                convert(frame)
+            rounds[way].append((time.process_time() - start) / len(frames) * 1000)
+    return {way: median(times) for way, times in rounds.items()}, len(frames)
 
 
 def main() -> None:
@@ -94,7 +137,6 @@ def main() -> None:
         report = build(BuildConfig(dataset="folder", root=str(root), out=str(work / "shards"), ratio=0.5,
                                    short_side=args.short_side, workers=1, overwrite=True))
         cpu = time.process_time() - start
-        seconds["TG"] -= seconds["TG JPEG"]
         seconds["other"] = cpu - sum(seconds[s] for s in STAGES if s != "other")
         runs.append({**{s: seconds[s] / report.frames_written for s in STAGES}, "all": cpu / report.frames_written})
     frames = report.frames_written
@@ -108,6 +150,13 @@ def main() -> None:
         ms = median(r[stage] for r in runs) * 1000
         print(f"| {'all (the whole build)' if stage == 'all' else stage} | {ms:.3f} | "
               f"{ms / (total * 10):.0f} % |")
+    costs, count = conversions(root, args.repeats)
+    print(f"\n{count} limited-range yuv420p frames at their own size, medians of {args.repeats} interleaved rounds")
+    print("| to JPEG's planes | CPU ms per frame | x the build's |")
+    print("| --- | --- | --- |")
+    first = next(iter(costs.values()))
+    for way, ms in costs.items():
+        print(f"| {way} | {ms:.3f} | {ms / first:.2f} |")
 
 
 if __name__ == "__main__":

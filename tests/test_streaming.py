@@ -18,9 +18,10 @@ import tgprep.sample
 from tgprep.build import build
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import Record
+from tgprep import planes
 from tgprep.sample import make_sample, select_frames
 from tgprep.shards import ShardTask, write_shard
-from tgprep.video import Video, VideoStream, decode, ffmpeg_exe
+from tgprep.video import Video, VideoStream, ffmpeg_exe
 
 RECORD = Record("folder_c_clip", "c/clip.avi", "c", 3, "train")
 
@@ -33,17 +34,26 @@ def pattern_video(path: Path, frames: int, size="320x240", rate="25") -> Path:
     return path
 
 
-def jpeg(image: np.ndarray, subsampling: str) -> bytes:
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(image), 90, "rgb", subsampling)
+class InMemory:
+    """Every frame of a video as JPEG's planes, copied out of the decoder at once: a source make_sample takes."""
+
+    def __init__(self, path: Path):
+        with VideoStream(path) as stream:
+            self.all = list(stream.pictures())  # each its own buffer
+        self.size, self.fps, self.source_size = stream.size, stream.fps, stream.source_size
+        self.duration, self.pixels = stream.duration, stream.pixels
+
+    def pictures(self, full_range=True):
+        return iter(self.all)
 
 
-def whole_video_payloads(video: Video, fps: float | None) -> tuple[list[int], bytes, bytes]:
-    """The frame indices, .rgb and .tg of a sample computed the old way, over the whole array at once."""
-    frames = video.frames
-    indices = select_frames(len(frames), video.fps, fps)
-    rgb = b"".join(jpeg(frames[k], "444") for k in indices)
-    diffs = [frames[k + 1].astype(np.int16) - frames[k] for k in indices if k + 1 < len(frames)]
-    tg = b"".join(jpeg((np.clip(d, -128, 127) + 128).astype(np.uint8), "420") for d in diffs)
+def whole_video_payloads(video: InMemory, fps: float | None) -> tuple[list[int], bytes, bytes]:
+    """The frame indices, .rgb and .tg of a sample computed over the whole video at once."""
+    frames = video.all
+    indices = select_frames([p.time for p in frames], video.duration, fps)
+    rgb = b"".join(simplejpeg.encode_jpeg_yuv_planes(*frames[k].planes, 90) for k in indices)
+    tg = b"".join(simplejpeg.encode_jpeg_yuv_planes(*planes.difference(frames[k], frames[k + 1]).planes, 90)
+                  for k in indices if k + 1 < len(frames))
     return indices.tolist(), rgb, tg
 
 
@@ -54,7 +64,7 @@ def test_streamed_shard_is_byte_identical_to_samples_from_frames_in_memory(real_
                                                                           name, fps):
     path = pattern_video(tmp_path / "ntsc.avi", 50, "341x256", "30000/1001") if name == "ntsc" else real_videos / name
     monkeypatch.setattr(tgprep.sample, "SPOOL_BYTES", 2000)  # every payload leaves memory for a file
-    video = decode(path)
+    video = InMemory(path)
     in_memory = make_sample(RECORD, video, fps=fps, quality=90, with_label=True)
     indices, rgb, tg = whole_video_payloads(video, fps)
     assert json.loads(in_memory["json"])["frame_indices"] == indices
@@ -83,7 +93,7 @@ def test_streaming_keeps_exactly_the_frames_select_frames_keeps(native, fps):
         levels = np.arange(count, dtype=np.uint8)[:, None, None, None]
         video = Video(np.broadcast_to(levels, (count, 8, 8, 3)), native, (8, 8))
         meta = json.loads(make_sample(RECORD, video, fps=fps, quality=90, with_label=False)["json"])
-        expected = select_frames(count, native, fps).tolist()
+        expected = select_frames(np.arange(count) / native, count / native, fps).tolist()
         assert meta["frame_indices"] == expected, count
         assert meta["tg_frames"] == len(expected) - (expected[-1] == count - 1)
 

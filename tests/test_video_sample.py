@@ -23,7 +23,7 @@ from tgprep.datasets.common import Record
 from tgprep.errors import UserError
 from tgprep.inspection import contact_sheet, iter_samples
 from tgprep.verification import verify
-from tgprep.sample import SampleError, decode_frames, make_sample, temporal_gradient, tg_from_stored
+from tgprep.sample import SampleError, decode_frames, make_sample, tg_from_stored
 from tgprep.video import Video, VideoStream, decode, encode_video
 from tgprep.video_decode import check_decodes, clip_frames, decode_positions, tg_image
 from tgprep.video_sample import make_video_sample, read_meta
@@ -66,7 +66,7 @@ def test_a_video_sample_round_trips(kinetics):
     decoded = np.stack(decode_positions(sample, meta, list(range(303))))
     assert np.array_equal(decoded, every_frame(sample))  # tgprep's reader = a plain decode of the member
     error = np.abs(decoded.astype(np.int16) - original.frames).mean()
-    assert error < 3.5, error  # the H.264 re-encode at CRF 17, against the frames decoded from the original
+    assert error < 4.5, error  # the H.264 re-encode (superfast, CRF 18), against the frames decoded from the original
     check_decodes(sample, meta)
     assert sample["cls"] == b"375" and not {"rgb", "tg"} & set(sample)
 
@@ -121,7 +121,7 @@ def test_tg_at_load_is_the_frame_paths_tg_of_the_same_frames(kinetics):
     frames = every_frame(sample)[:40]
     indices = np.arange(0, 39, 3)
     tg = clip_frames(sample, meta, indices, ("tg",))["tg"]
-    exact = np.clip(temporal_gradient(frames[indices], frames[indices + 1]), -128, 127)
+    exact = np.clip(np.subtract(frames[indices + 1], frames[indices], dtype=np.int16), -128, 127)
     assert np.array_equal(tg_from_stored(tg.astype(np.int16)), exact)  # same sign, same clipping, no JPEG
     # the frame kind stores the same image as a JPEG: within its error
     frame_sample = make_sample(RECORD, Video(frames, 30.0, (170, 128)), fps=None, quality=90, with_label=False)
@@ -137,7 +137,8 @@ def test_with_fps_tg_still_comes_from_the_original_next_frame(real_videos):
     assert meta["frames"] == 76 and list(kept[:3]) == [0, 4, 8]
     assert meta["video"]["stored_indices"][:4] == [0, 1, 4, 5]  # each kept frame and its next frame
     got = clip_frames(sample, meta, np.arange(meta["tg_frames"]))
-    exact = temporal_gradient(original.frames[kept[:meta["tg_frames"]]], original.frames[kept[:meta["tg_frames"]] + 1])
+    tg_kept = kept[:meta["tg_frames"]]
+    exact = np.subtract(original.frames[tg_kept + 1], original.frames[tg_kept], dtype=np.int16)
     # H.264 at 85x64: its B-frames (tgprep.video_sample) are coded coarser than the references around them
     assert np.abs(tg_from_stored(got["tg"].astype(np.int16)) - np.clip(exact, -128, 127)).mean() < 5
 

@@ -11,9 +11,10 @@ import io
 import json
 import os
 
-# A sample's .json grows by about 25 bytes per frame (an original frame number and two offsets): 1 MiB holds
-# some 40 000 frames, 22 minutes at 30 fps, while an HMDB-51 or Kinetics clip needs 3 to 10 KB.
-MAX_SAMPLE_JSON_BYTES = 1 << 20
+# A sample's .json grows by 25 to 40 bytes per frame (an original frame number, its time and two offsets): 4 MiB
+# holds some 100 000 frames, 55 minutes at 30 fps, while an HMDB-51 or Kinetics clip needs 3 to 10 KB. A build
+# refuses to write a longer one (tgprep.sample.meta_json).
+MAX_SAMPLE_JSON_BYTES = 4 << 20
 # .cls holds a class number: a few digits.
 MAX_CLS_BYTES = 32
 # The sample members a reader keeps and the most bytes each may have. .rgb and .tg are bounded by the file

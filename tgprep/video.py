@@ -1,10 +1,11 @@
-"""Everything that runs ffmpeg: decoding videos to frames (in-process with PyAV, one frame at a time), and encoding
-test videos."""
+"""Everything that runs ffmpeg: decoding videos to frames (in-process with PyAV, one frame at a time) with their
+presentation times, and encoding test videos."""
 
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import av
 import ffmpeg
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from tgprep import planes
+from tgprep.planes import Picture
 
 
 @cache
@@ -36,13 +40,30 @@ class Video:
     frames: np.ndarray               # (T, H, W, 3) uint8: every decoded frame at the native rate, resized, upright
     fps: float                       # the stream's native average frame rate
     source_size: tuple[int, int]     # (width, height) upright, before resizing
+    times: np.ndarray | None = None  # (T,) presentation times, seconds after the first frame; None: every 1 / fps
+    duration: float | None = None    # the last frame's time plus its duration; None: T / fps
+
+    def __post_init__(self):
+        step = 1 / self.fps if self.fps > 0 else 1.0
+        if self.times is None:
+            self.times = np.arange(len(self.frames)) * step
+        if self.duration is None:
+            self.duration = float(self.times[-1]) + step if len(self.frames) else 0.0
 
     @property
     def size(self) -> tuple[int, int]:
         return self.frames.shape[2], self.frames.shape[1]
 
+    @property
+    def pixels(self) -> dict:
+        return {"format": "rgb24", "step": "from_rgb"}
+
     def __iter__(self):
         return iter(self.frames)
+
+    def pictures(self, full_range: bool = True):
+        """Every frame as JPEG's planes (tgprep.planes.from_rgb; limited range for H.264) with its time."""
+        return (planes.from_rgb(frame, float(time), full_range) for frame, time in zip(self.frames, self.times))
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -63,13 +84,20 @@ REPORT_EVERY = 100  # frames between progress reports: a few a second, and a sig
 class VideoStream:
     """The first video stream of a file, decoded one frame at a time: memory does not grow with its length.
 
-    Opening decodes the first frame, so fps, source_size and size are known before iterating. Iterating (once)
-    yields every frame in decoding order as upright (H, W, 3) uint8 RGB with the short side resized, and raises
-    VideoError if fewer than 2 frames decode. Use it as a context manager, which closes the file.
+    Opening decodes the first frame, so fps, source_size, size and pixels are known before iterating. It is
+    iterated once, in one of three ways, each giving every frame in presentation order, upright, with the short
+    side resized, and raising VideoError if fewer than 2 frames decode:
+      iter(stream)      (H, W, 3) uint8 RGB (libswscale, as the ffmpeg program converts);
+      stream.timed()    (time, RGB frame) pairs, the time in seconds after the first frame (see _Clock);
+      stream.pictures() tgprep.planes.Picture: JPEG's Y, Cb and Cr planes and the time, never RGB (the build's;
+                        full_range False: the same in limited range, for H.264).
+    Once iterated, duration is the last frame's time plus its duration. Use it as a context manager, which closes
+    the file.
 
     Decoding runs in-process with PyAV (ffmpeg's libraries without starting a program: several times faster than
     piping from the ffmpeg program on HMDB-length clips, see BENCHMARKS.md); the scaling is libswscale's bicubic,
-    as the ffmpeg program's. A variable frame rate stream gives every decoded frame once; audio is never decoded.
+    as the ffmpeg program's. A variable frame rate stream gives every decoded frame once, with its own time; audio
+    is never decoded.
     The timeout bounds the time spent decoding (not what the caller does between frames): it is checked after
     every frame, and PyAV's I/O interrupt stops a stalled read. A decoder stuck inside one C call cannot be
     stopped in-process; only killing the worker can.
@@ -95,16 +123,20 @@ class VideoStream:
             # One thread each: a build runs one decode per core, where extra threads only add CPU time (BENCHMARKS.md).
             stream.thread_count = 1
             self.fps = float(stream.average_rate or stream.guessed_rate or 0)
+            self._clock = _Clock(stream, self._container.format.name == "avi")
             self._raw_frames = self._container.decode(stream)
             self._spent = time.monotonic() - started
-            raw = self._decode()
-            if raw is None:
+            self._first = self._decode()
+            if self._first is None:
                 raise VideoError("0 frames decoded")
+            raw = self._first[0]
             self._turns = round(raw.rotation / 90) % 4  # counter-clockwise quarter turns that make it upright
             self.source_size = (raw.height, raw.width) if self._turns % 2 else (raw.width, raw.height)
             self.size = target_size(*self.source_size, short_side)
+            self._unturned = self.size[::-1] if self._turns % 2 else self.size  # the scalers work before the turn
+            self.pixels = planes.describe(raw)  # and, once pictures() is asked for, the step they take
+            self.duration = None
             self._scaler = VideoReformatter()  # one per video, so libswscale's context is set up once, not per frame
-            self._first = self._convert(raw)
         except BaseException:
             self._container.close()
             raise
@@ -116,20 +148,37 @@ class VideoStream:
         self._container.close()
 
     def __iter__(self):
-        frame, self._first = self._first, None
-        while frame is not None:
-            yield frame
+        return (rgb for _, rgb in self.timed())
+
+    def timed(self):
+        return self._frames(self._convert)
+
+    def pictures(self, full_range: bool = True):
+        self._planes = planes.PlaneConverter(self._unturned, self._turns, full_range)
+        if self._first is not None:
+            self.pixels["step"] = self._planes.step(self._first[0])
+        return (picture for _, picture in self._frames(self._picture))
+
+    def _frames(self, convert):
+        """(time, convert(frame)) of every frame, reporting progress; the stream's one pass."""
+        if self._first is None:
+            raise RuntimeError("a VideoStream is iterated once")
+        decoded, self._first = self._first, None
+        while decoded is not None:
+            raw, when = decoded
+            yield when, convert(raw, when)
             if self._on_frames and self.decoded % REPORT_EVERY == 0:
                 self._on_frames(REPORT_EVERY)
-            raw = self._decode()
-            frame = None if raw is None else self._convert(raw)
+            decoded = self._decode()
         if self._on_frames and self.decoded % REPORT_EVERY:
             self._on_frames(self.decoded % REPORT_EVERY)
         if self.decoded < 2:
             raise VideoError(f"{self.decoded} frame{'' if self.decoded == 1 else 's'} decoded")
+        self.duration = self._clock.end()
 
     def _decode(self):
-        """The next decoded av.VideoFrame, or None at the end; decoding errors and the timeout as VideoError."""
+        """(the next decoded av.VideoFrame, its time), or None at the end; decoding errors and the timeout as
+        VideoError."""
         started = time.monotonic()
         try:
             raw = next(self._raw_frames, None)
@@ -138,30 +187,93 @@ class VideoStream:
             reason = self._timed_out() if self._spent > self.timeout else f"corrupt video: {e.strerror}"
             raise VideoError(reason) from e
         self._spent += time.monotonic() - started
-        self.decoded += raw is not None
-        return raw
+        if raw is None:
+            return None
+        self.decoded += 1
+        return raw, self._clock(raw)
 
-    def _convert(self, raw) -> np.ndarray:
-        """One frame resized by libswscale and turned upright by numpy (a view, no copy)."""
+    def _convert(self, raw, _) -> np.ndarray:
+        """One frame as RGB, resized by libswscale and turned upright by numpy (a view, no copy)."""
         started = time.monotonic()
-        size = self.size[::-1] if self._turns % 2 else self.size  # the scaler works before the turn
         # a fixed output size also absorbs streams whose frame size changes midway
-        rgb = self._scaler.reformat(raw, *size, format="rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
+        rgb = self._scaler.reformat(raw, *self._unturned, format="rgb24", interpolation="BICUBIC",
+                                    threads=1).to_ndarray()
+        self._check_time(started)
+        return np.rot90(rgb, self._turns) if self._turns else rgb
+
+    def _picture(self, raw, when: float) -> Picture:
+        """One frame as JPEG's planes (tgprep.planes), resized and turned upright."""
+        started = time.monotonic()
+        picture = self._planes(raw, when)
+        self._check_time(started)
+        return picture
+
+    def _check_time(self, started: float) -> None:
         self._spent += time.monotonic() - started
         if self._spent > self.timeout:
             raise VideoError(self._timed_out())
-        return np.rot90(rgb, self._turns) if self._turns else rgb
 
     def _timed_out(self) -> str:
         return f"timed out after {self.timeout:g} s"
 
 
+class _Clock:
+    """Each decoded frame's presentation time, in seconds after the first frame, as the ffmpeg program takes it.
+
+    An AVI holds one timestamp per packet, in decoding order, which libavformat also gives as the pts: frames
+    reordered by B-frames get pts out of order (HMDB's AVIs: 1, 4, 3, 5, 7, 6 ...), so AVI frames are timed by
+    their dts (2, 3, 4 ...), as the ffmpeg program, which sees no pts there, times them. Other containers hold real
+    pts, taken as FFmpeg's best-effort timestamp takes them: the pts, unless they have gone backwards more often
+    than the dts. A time that is missing or not after the previous one is the previous time plus that frame's
+    duration, so times always rise. Whole ticks of the stream's time base inside (exact), seconds out.
+    """
+
+    def __init__(self, stream, by_dts: bool):
+        self.base = Fraction(stream.time_base or Fraction(1, 1000))
+        rate = stream.average_rate or stream.guessed_rate
+        # the average frame duration in ticks, a last resort
+        self.step = max(1, round(1 / (Fraction(rate) * self.base))) if rate else max(1, round(1 / (25 * self.base)))
+        self.by_dts = by_dts
+        self.faulty_pts = self.faulty_dts = 0
+        self.last_pts = self.last_dts = self.first = self.last = None
+        self.last_duration = self.step
+
+    def __call__(self, raw) -> float:
+        pts, dts = raw.pts, raw.dts
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        by_pts = pts is not None and (dts is None or (not self.by_dts and self.faulty_pts <= self.faulty_dts))
+        when = pts if by_pts else dts
+        if self.last is None:
+            self.first = when = 0 if when is None else when
+            self.last_duration = raw.duration or self.step
+        else:
+            if when is None or when <= self.last:
+                when = self.last + self.last_duration
+            gap, duration = when - self.last, raw.duration or 0
+            # as FFmpeg: a duration of 1 tick beside a much longer gap is one a demuxer made up
+            self.last_duration = duration if duration > 0 and not (duration == 1 and gap > 2) else gap
+        self.last = when
+        return self.seconds(when - self.first)
+
+    def seconds(self, ticks: int) -> float:
+        return ticks * self.base.numerator / self.base.denominator
+
+    def end(self) -> float:
+        """The last frame's time plus its duration: where the video ends."""
+        return self.seconds(self.last + self.last_duration - self.first)
+
+
 def decode(path: Path, short_side: int = 256, timeout: float = 300.0) -> Video:
-    """Every frame of the video at once (see VideoStream for which frames, and how): for tests and benchmarks,
-    whose clips are short; a build streams instead."""
+    """Every frame of the video at once as RGB, with its time (see VideoStream for which frames, and how): for
+    tests, benchmarks and predictions on short clips; a build streams instead."""
     with VideoStream(path, short_side, timeout) as stream:
-        frames = np.stack(list(stream))
-    return Video(frames, stream.fps, stream.source_size)
+        times, frames = zip(*stream.timed())
+    return Video(np.stack(frames), stream.fps, stream.source_size, np.array(times), stream.duration)
 
 
 def decode_ffmpeg(path: Path, short_side: int = 256, timeout: float = 300.0) -> np.ndarray:

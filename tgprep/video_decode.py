@@ -44,8 +44,8 @@ def clip_frames(sample: dict, meta: dict, indices, modalities=("rgb", "tg")) -> 
 
 
 def tg_image(frames, next_frames, out: np.ndarray | None = None) -> np.ndarray:
-    """clip(next - frame, -128, 127) + 128 as uint8 (into out, if given): the image a frame sample stores
-    (tgprep.sample.encode_tg), of n frames and their next frames, (n, H, W, 3) arrays or n (H, W, 3) ones."""
+    """clip(next - frame, -128, 127) + 128 as uint8 (into out, if given): the image a frame sample stores as a JPEG
+    (tgprep.sample), of n frames and their next frames, (n, H, W, 3) arrays or n (H, W, 3) ones."""
     out = np.empty(np.shape(frames), np.uint8) if out is None else out
     shifted = None
     for j, (frame, next_frame) in enumerate(zip(frames, next_frames)):  # a frame at a time: it stays in the cache

@@ -22,7 +22,6 @@ decoding, and decode in-process with PyAV, single-threaded.
 """
 
 import io
-import json
 import os
 import subprocess
 import tempfile
@@ -32,22 +31,23 @@ from pathlib import Path
 import av
 import numpy as np
 
-import tgprep
 from tgprep import limits
-from tgprep.sample import FORMAT, SPOOL_BYTES, SPOOL_PREFIX, SampleError, _candidates, select_frames
+from tgprep.sample import SPOOL_BYTES, SPOOL_PREFIX, SampleError, frame_pairs, meta_json, shared_meta
 from tgprep.sample import read_meta as read_frame_meta
 from tgprep.video import Video, VideoStream, ffmpeg_exe
 
 KIND, FORMAT_VERSION = "video", 2
-ENCODER, PIX_FMT = "libx264", "yuv420p"
-# CRF 17 at x264's medium preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
+# The encoder gets the frames' planes (tgprep.planes: BT.601 4:2:0, never RGB) in limited range, as video is coded:
+# a limited-range source's planes as they are, and at the same CRF 10 % fewer bytes than full range.
+ENCODER, PIX_FMT, COLOR_RANGE = "libx264", "yuv420p", "tv"
+# CRF 18 at x264's superfast preset, tuned for fast decoding (no CABAC, no deblocking), with 5 B-frames between
 # references, none of them a reference: a loader skips those a clip does not want (tgprep.video_decode), so a
-# clip decodes about 27 frames instead of 60. On Kinetics clips (BENCHMARKS.md) that loads at about 0.5x the frame
-# shards' clips per CPU-second (0.27x with CRF 18, no B-frames and every frame decoded) for 1.92x the original
-# files' bytes (1.84x) and 0.2 grey levels more error: x264 codes B-frames coarser, and CRF 17 with a keyframe every
-# 32 wins back part of it at about the same bytes. The keyframe interval (--keyframe-interval) trades bytes against
-# the frames a clip decodes.
-CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 17, "medium", "fastdecode", 5, 32
+# clip decodes about 27 frames instead of 60. Chosen by bench/storage.py's table (BENCHMARKS.md) on Kinetics clips:
+# 2.1-2.2 build CPU ms per frame against 6.3-8.2 at medium CRF 17 (the earlier default), 1.88x the original files'
+# bytes (1.96x), loading at 0.41x-0.47x the frame shards' clips per CPU-second (0.38x-0.40x), for about 0.6 grey
+# levels more TG error (3.43 against 2.83); veryfast, the next preset up, took 2.4-3.4 ms. The keyframe interval
+# (--keyframe-interval) trades bytes against the frames a clip decodes: 16 and 64 loaded no differently.
+CRF, PRESET, TUNE, B_FRAMES, KEYFRAME_INTERVAL = 18, "superfast", "fastdecode", 5, 32
 # Always B_FRAMES B-frames between references (b-adapt 0), none of them a reference (b-pyramid none)
 B_PLACEMENT = "b-adapt=0:b-pyramid=none"
 # An H.264 frame in an MP4 takes at least its 4-byte size entry and a few bytes of slice: a member of N bytes
@@ -75,77 +75,56 @@ def make_video_sample(record, video: Video | VideoStream, *, fps: float | None, 
     fd, name = tempfile.mkstemp(dir=spool, prefix=SPOOL_PREFIX, suffix=".mp4")
     file = os.fdopen(fd, "w+b")
     try:
-        kept, stored = _encode(video, fps, keyframe_interval, name)
+        kept, times, stored = _encode(video, fps, keyframe_interval, name)
         os.unlink(name)
         time_base, pts, keyframes = _index(file)
         if len(pts) != len(stored):
             raise RuntimeError(f"the encoder wrote {len(pts)} frames of {len(stored)}")
+        at = {k: p for p, k in enumerate(stored)}
+        text = meta_json({
+            **shared_meta(record, video, fps, kept, times), "tg_frames": sum(k + 1 in at for k in kept),
+            "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
+                      "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "color_range": COLOR_RANGE,
+                      "keyframe_interval": keyframe_interval, "time_base": time_base, "pts": pts,
+                      "keyframes": keyframes, "stored_indices": stored},
+            "kind": KIND, "format_version": FORMAT_VERSION})
     except BaseException:
         file.close()
         if os.path.exists(name):
             os.unlink(name)
         raise
-    width, height = video.size
-    at = {k: p for p, k in enumerate(stored)}
-    meta = {
-        "dataset": record.key.split("_", 1)[0], "path": record.path, "class": record.class_name,
-        "label": record.label, "split": record.split,
-        "fps": float(fps) if fps is not None and fps < video.fps else video.fps, "source_fps": video.fps,
-        "frames": len(kept), "tg_frames": sum(k + 1 in at for k in kept), "frame_indices": kept,
-        "width": width, "height": height, "source_width": video.source_size[0], "source_height": video.source_size[1],
-        "video": {"encoder": ENCODER, "crf": CRF, "preset": PRESET, "tune": TUNE, "b_frames": B_FRAMES,
-                  "b_placement": B_PLACEMENT, "pix_fmt": PIX_FMT, "keyframe_interval": keyframe_interval,
-                  "time_base": time_base, "pts": pts, "keyframes": keyframes, "stored_indices": stored},
-        "kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, "tgprep_version": tgprep.__version__,
-    }
     large = spool is not None and file.seek(0, io.SEEK_END) > SPOOL_BYTES
     file.seek(0)
     data = file if large else file.read()  # a small one leaves the disk at once
     if not large:
         file.close()
-    sample = {"__key__": record.key, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-              "mp4": data}
+    sample = {"__key__": record.key, "json": text, "mp4": data}
     if with_label:
         sample["cls"] = str(record.label).encode()
     return sample
 
 
-def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tuple[list[int], list[int]]:
-    """Encode the kept frames and their original next frames into an MP4 at path; returns (kept, stored)
-    original frame numbers.
-
-    As tgprep.sample's _encode, a frame is decided when the next one arrives: it is stored when it is kept or
-    follows a kept frame; whether the last frame is kept only the end of the stream tells.
-    """
-    width, height = video.size
-    pad = ((0, coded_size(width, height)[1] - height), (0, coded_size(width, height)[0] - width), (0, 0))
-    encoder = subprocess.Popen(_encoder_command(video.fps, coded_size(width, height), keyframe_interval, path),
+def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tuple[list[int], list, list[int]]:
+    """Encode the kept frames and their original next frames into an MP4 at path; returns the kept original frame
+    numbers, their times (to the microsecond) and the stored original frame numbers. A frame is stored when it is
+    kept or follows a kept frame (tgprep.sample.frame_pairs says which, as the frames pass)."""
+    encoder = subprocess.Popen(_encoder_command(video.fps, coded_size(*video.size), keyframe_interval, path),
                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def put(k: int, frame: np.ndarray) -> None:
-        encoder.stdin.write(np.pad(frame, pad, mode="edge") if pad[0][1] or pad[1][1] else np.ascontiguousarray(frame))
-        stored.append(k)
 
     def finish() -> None:
         errors = encoder.stderr.read().decode(errors="replace").strip()
         if encoder.wait() != 0:
             raise RuntimeError(f"the encoder failed: {errors.splitlines()[-1] if errors else encoder.returncode}")
 
+    kept, times, stored = [], [], []
     try:
-        candidates = _candidates(video.fps, fps)
-        candidate, kept, stored, previous, count = next(candidates), [], [], None, 0
-        for k, frame in enumerate(video):
-            if k >= 1:
-                if k - 1 == candidate:
-                    kept.append(k - 1)
-                    candidate = next(candidates)
-                if kept and kept[-1] >= k - 2:  # previous (k - 1) is kept, or follows a kept frame
-                    put(k - 1, previous)
-            previous, count = frame, k + 1
-        if count and select_frames(count, video.fps, fps)[-1] == count - 1:
-            kept.append(count - 1)
-        if kept and kept[-1] >= count - 2:
-            put(count - 1, previous)
+        for k, picture, _, keep in frame_pairs(video, fps, full_range=False):
+            if keep:
+                kept.append(k)
+                times.append(round(picture.time, 6))
+            if keep or (kept and kept[-1] == k - 1):
+                encoder.stdin.write(picture.data)  # a yuv420p frame of the coded size (tgprep.planes)
+                stored.append(k)
         encoder.stdin.close()
         finish()
     except BrokenPipeError:  # the encoder stopped: say why
@@ -155,11 +134,11 @@ def _encode(video, fps: float | None, keyframe_interval: int, path: str) -> tupl
         if encoder.poll() is None:
             encoder.kill()
             encoder.wait()
-    return kept, stored
+    return kept, times, stored
 
 
 def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, path: str) -> list[str]:
-    """The ffmpeg program encoding raw RGB frames from its stdin into an MP4 at path.
+    """The ffmpeg program encoding raw full-range 4:2:0 planes from its stdin into an MP4 at path.
 
     The program, not PyAV in-process: PyAV's bundled libx264 gave other bytes on reruns of the same frames (6 hashes
     in 6 encodes of one 192x128 clip, whatever its thread settings), the ffmpeg program the same bytes every time.
@@ -167,9 +146,10 @@ def _encoder_command(fps: float, size: tuple[int, int], keyframe_interval: int, 
     """
     rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
     return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", str(rate), "-i", "pipe:",
+            "-f", "rawvideo", "-pix_fmt", PIX_FMT, "-color_range", COLOR_RANGE, "-s", f"{size[0]}x{size[1]}",
+            "-framerate", str(rate), "-i", "pipe:",
             "-c:v", ENCODER, "-preset", PRESET, "-tune", TUNE, "-bf", str(B_FRAMES), "-crf", str(CRF),
-            "-pix_fmt", PIX_FMT, "-threads", "1",
+            "-pix_fmt", PIX_FMT, "-color_range", COLOR_RANGE, "-threads", "1",
             "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0:{B_PLACEMENT}",
             "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-f", "mp4", path]
 

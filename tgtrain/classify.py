@@ -30,21 +30,23 @@ def decode_video(path: Path, short_side: int, timeout: float = 300.0) -> Video:
     try:
         with VideoStream(path, short_side, timeout) as stream:
             most = MAX_FRAME_BYTES // (stream.size[0] * stream.size[1] * 3)
-            frames = []
-            for frame in stream:
+            times, frames = [], []
+            for time, frame in stream.timed():
                 if len(frames) == most:
                     raise UserError(f"{path}: more than {most} frames at short side {short_side} "
                                     f"({MAX_FRAME_BYTES >> 30} GiB), longer than predict --video takes; cut out the "
                                     "part to classify, e.g. ffmpeg -ss 0 -t 60 -i IN OUT.mp4")
+                times.append(time)
                 frames.append(frame)
     except VideoError as e:
         raise UserError(f"{path}: {e}; give video files (anything ffmpeg decodes)") from None
-    return Video(np.stack(frames), stream.fps, stream.source_size)
+    return Video(np.stack(frames), stream.fps, stream.source_size, np.array(times), stream.duration)
 
 
 def kept_frames(video: Video, fps: float | None) -> np.ndarray:
-    """The numbers of the frames a build at --fps keeps (all of them without --fps), as tgprep chooses them."""
-    return select_frames(len(video.frames), video.fps, fps)
+    """The numbers of the frames a build at --fps keeps (all of them without --fps), as tgprep chooses them: by
+    their presentation times, as ffmpeg's fps filter does."""
+    return select_frames(video.times, video.duration, fps)
 
 
 def classify(ckpt: Path, videos: list[Path], clips: int | None, crops: int | None, device: str):
