@@ -52,6 +52,10 @@ def run(shards_dir: Path, method: str, ratio: float, seed: int, work: Path, sett
                cpu_minutes=round((time.process_time() - cpu) / 60, 2))
     if "val_top1_tg" in scored[-1]:
         row["last_top1_tg"] = scored[-1]["val_top1_tg"]
+    if method == "fixmatch":
+        row["threshold"] = config.fixmatch_threshold
+    if "mask_rate" in scored[-1]:  # the last epoch's pseudo-labels: how many kept, how many of those right (%)
+        row.update(last_kept=100 * scored[-1]["mask_rate"], last_right=100 * scored[-1]["pseudo_acc"])
     return row
 
 
@@ -113,13 +117,22 @@ def cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)} runs)"
 
 
+def label(row: dict) -> str:
+    """The row's name in the table: its method, and for fixmatch its threshold, so that runs at two thresholds are
+    two rows (rows written before the threshold was recorded have none)."""
+    if row["method"] == "probe":
+        return "single-frame 2D probe"
+    return f"{row['method']} ({row['threshold']:g})" if row.get("threshold") is not None else row["method"]
+
+
 def table(rows: list[dict]) -> str:
     """The markdown table: per (ratio, method) the last and best epoch's val top-1 over seeds, and minutes."""
     order = {m: i for i, m in enumerate((*METHODS, "probe"))}
-    keys = sorted({(r["ratio"], r["method"]) for r in rows}, key=lambda k: (k[1] == "probe", -k[0], order[k[1]]))
+    keys = sorted({(r["ratio"], r["method"], label(r)) for r in rows},
+                  key=lambda k: (k[1] == "probe", -k[0], order[k[1]], k[2]))
     lines = ["| labeled | method | last epoch | best epoch | minutes per run (CPU minutes) |", "| --- | --- | --- | --- | --- |"]
-    for ratio, method in keys:
-        runs = [r for r in rows if (r["ratio"], r["method"]) == (ratio, method)]
+    for ratio, method, name in keys:
+        runs = [r for r in rows if (r["ratio"], label(r)) == (ratio, name)]
         last = cell([r["last_top1"] for r in runs])
         if method == "ltg" and runs[0].get("last_top1_tg") is not None:
             last += f" (TG {statistics.mean(r['last_top1_tg'] for r in runs):.1f})"
@@ -129,7 +142,6 @@ def table(rows: list[dict]) -> str:
             minutes = f"{statistics.mean(r['minutes'] for r in runs):.1f}"
             if runs[0].get("cpu_minutes") is not None:
                 minutes += f" ({statistics.mean(r['cpu_minutes'] for r in runs):.1f} CPU)"
-        name = "single-frame 2D probe" if method == "probe" else method
         lines.append(f"| {ratio * 100:.0f} % | {name} | {last} | {best} | {minutes} |")
     return "\n".join(lines)
 
@@ -144,7 +156,8 @@ def run_rows(folders: list[Path]) -> list[dict]:
         scored = [r for r in records if "val_top1" in r]
         rows.append(dict(method=config["method"], ratio=built["ratio"], seed=config["seed"],
                          best_top1=max(r["val_top1"] for r in scored), last_top1=scored[-1]["val_top1"],
-                         minutes=None, last_top1_tg=scored[-1].get("val_top1_tg")))
+                         minutes=None, last_top1_tg=scored[-1].get("val_top1_tg"),
+                         threshold=config["fixmatch_threshold"] if config["method"] == "fixmatch" else None))
     return rows
 
 

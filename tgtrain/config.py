@@ -60,6 +60,8 @@ class TrainConfig:
     # method
     supervised_epochs: int = 60         # epochs of supervised loss only before the unlabeled losses start
     threshold: float = 0.3              # ltg: confidence to keep a pseudo-label (averaged RGB + TG)
+    pseudo_rgb_share: float = 0.5       # ltg: the RGB logits' weight in that average, TG's is 1 - it; 0.5 is the
+                                        # paper's plain mean, 0 pseudo-labels from TG alone, 1 from RGB alone
     fixmatch_threshold: float = 0.3     # fixmatch: confidence to keep a pseudo-label (RGB); the reference's FixMatch
                                         # baseline keeps LTG's 0.3, not the FixMatch paper's 0.95
     temperature: float = 0.5            # ltg: InfoNCE temperature
@@ -122,8 +124,8 @@ RANGES = {
     "clip_len": (2, 64), "frame_interval": (1, 64), "size": (8, 512), "load_size": (8, 512), "crop_area": (0, 1),
     "epochs": (1, 100_000), "batch_size": (1, 4096), "lr": (0, 100), "lr_clips": (1, 1_000_000),
     "momentum": (0, 0.999), "weight_decay": (0, 1), "clip_grad": (0, 1e9), "warmup_start": (0, 1),
-    "threshold": (0, 1), "fixmatch_threshold": (0, 1), "temperature": (0, 100), "weight_sup": (0, 1000),
-    "weight_unsup": (0, 1000), "weight_align": (0, 1000), "weight_contrast": (0, 1000), "strong_ops": (0, len(OPS)),
+    "threshold": (0, 1), "pseudo_rgb_share": (0, 1), "fixmatch_threshold": (0, 1), "temperature": (0, 100),
+    "weight_sup": (0, 1000), "weight_unsup": (0, 1000), "weight_align": (0, 1000), "weight_contrast": (0, 1000), "strong_ops": (0, len(OPS)),
     "strong_magnitude": (0, 1), "precise_bn_batches": (0, 100_000), "precise_bn_every": (1, 100_000),
     "eval_every": (1, 100_000), "test_clips": (1, 100), "test_crops": (1, 3), "warmup_epochs": (0, 100_000),
     "supervised_epochs": (0, 100_000),

@@ -96,7 +96,8 @@ class LTG(Method):
         loss = c.weight_sup * sup + c.weight_align * align + c.weight_contrast * contrast
         stats = {"loss_sup": sup.detach(), "loss_align": align.detach(), "loss_contrast": contrast.detach()}
         if use_unlabeled:
-            labels, mask = losses.pseudo_labels(rgb.logits[b:2 * b], tg.logits[b:2 * b], threshold=c.threshold)
+            labels, mask = losses.pseudo_labels(rgb.logits[b:2 * b], tg.logits[b:2 * b], threshold=c.threshold,
+                                                weights=(c.pseudo_rgb_share, 1 - c.pseudo_rgb_share))
             unsup = losses.unlabeled_loss(rgb.logits[2 * b:], labels, mask) + losses.unlabeled_loss(tg.logits[2 * b:], labels, mask)
             loss = loss + c.weight_unsup * unsup
             stats.update(loss_unsup=unsup.detach(), **pseudo_label_stats(labels, mask, unlabeled))
