@@ -69,6 +69,8 @@ class TrainConfig:
     weight_unsup: float = 0.5           # each modality's pseudo-label cross-entropy
     weight_align: float = 1.0           # dense feature alignment, summed over the four stages
     weight_contrast: float = 0.5        # cross-modal InfoNCE
+    warmup_strong: bool = True          # fixmatch, ltg: forward the strong views during the supervised warm-up too
+                                        # (no loss uses them; BN's batch statistics include them), as the reference
     strong_ops: int = 2                 # RandAugment ops per clip
     strong_magnitude: float = 0.9       # RandAugment magnitude, 0..1
     # batch-norm statistics and evaluation
