@@ -49,7 +49,7 @@ def run(shards_dir: Path, method: str, ratio: float, seed: int, work: Path, sett
     scored = [r for r in records if "val_top1" in r]
     row = dict(method=method, ratio=ratio, seed=seed, best_top1=max(r["val_top1"] for r in scored),
                last_top1=scored[-1]["val_top1"], minutes=round((time.perf_counter() - started) / 60, 2),
-               cpu_minutes=round((time.process_time() - cpu) / 60, 2))
+               cpu_minutes=round((time.process_time() - cpu) / 60, 2), settings=list(settings))
     if "val_top1_tg" in scored[-1]:
         row["last_top1_tg"] = scored[-1]["val_top1_tg"]
     if method == "fixmatch":
@@ -118,11 +118,13 @@ def cell(values: list[float]) -> str:
 
 
 def label(row: dict) -> str:
-    """The row's name in the table: its method, and for fixmatch its threshold, so that runs at two thresholds are
-    two rows (rows written before the threshold was recorded have none)."""
+    """The row's name in the table: its method, for fixmatch its threshold, and the settings it ran with over the
+    tiny preset's, so that runs of different settings are different rows (older rows recorded neither)."""
     if row["method"] == "probe":
         return "single-frame 2D probe"
-    return f"{row['method']} ({row['threshold']:g})" if row.get("threshold") is not None else row["method"]
+    name = f"{row['method']} ({row['threshold']:g})" if row.get("threshold") is not None else row["method"]
+    settings = [s for s in row.get("settings", ()) if not s.startswith("fixmatch_threshold=")]
+    return f"{name} [{', '.join(settings)}]" if settings else name
 
 
 def table(rows: list[dict]) -> str:

@@ -84,14 +84,14 @@ class TrainConfig:
 
 # What every preset sets explicitly, so that switching dataset never keeps another dataset's schedule.
 RECIPE = ("epochs", "warmup_epochs", "warmup_start", "supervised_epochs", "threshold", "fixmatch_threshold",
-          "batch_size", "lr", "lr_clips", "weight_decay", "clip_grad", "precise_bn_batches", "precise_bn_every",
-          "eval_every", "test_views")
+          "warmup_strong", "batch_size", "lr", "lr_clips", "weight_decay", "clip_grad", "precise_bn_batches",
+          "precise_bn_every", "eval_every", "test_views")
 
 # The dataset presets are the reference configs of the paper's code (R3D-18 from scratch, 8 GPUs, SyncBN):
 # configs/compare_hmdb51/*360e*40percent*, configs/ucf101_main/*180e*, configs/k400-fixmatch-tg-alignment-
 # videos-ptv-simclr/8gpu/*90e*10percent*. The README's table puts each value beside the reference's name for it.
-_R3D18 = dict(threshold=0.3, fixmatch_threshold=0.3, lr=0.2, weight_decay=1e-4, clip_grad=40.0, warmup_start=0.1,
-              precise_bn_every=5, eval_every=5, test_views="full")
+_R3D18 = dict(threshold=0.3, fixmatch_threshold=0.3, warmup_strong=True, lr=0.2, weight_decay=1e-4, clip_grad=40.0,
+              warmup_start=0.1, precise_bn_every=5, eval_every=5, test_views="full")
 PRESETS = {
     "hmdb51": dict(_R3D18, epochs=360, warmup_epochs=60, supervised_epochs=60, batch_size=5, lr_clips=80,
                    precise_bn_batches=120),
@@ -113,7 +113,7 @@ PRESETS = {
     # than the clips of 80x60 frames cost to decode).
     "tiny": dict(width=32, blocks=(1, 1, 1, 1), proj_dim=64, size=40, load_size=48, crop_area=0.8, frame_interval=2,
                  dropout=0.0, epochs=24, warmup_epochs=1, warmup_start=0.0, supervised_epochs=8, threshold=0.5,
-                 fixmatch_threshold=0.95,
+                 fixmatch_threshold=0.95, warmup_strong=False,
                  batch_size=16, lr=0.2, lr_clips=80, weight_decay=1e-4, clip_grad=40.0, precise_bn_batches=4,
                  precise_bn_every=1, eval_every=1, test_views="center", workers=0, sync_bn=False),
 }
@@ -127,10 +127,10 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 4096), "lr": (0, 100), "lr_clips": (1, 1_000_000),
     "momentum": (0, 0.999), "weight_decay": (0, 1), "clip_grad": (0, 1e9), "warmup_start": (0, 1),
     "threshold": (0, 1), "pseudo_rgb_share": (0, 1), "fixmatch_threshold": (0, 1), "temperature": (0, 100),
-    "weight_sup": (0, 1000), "weight_unsup": (0, 1000), "weight_align": (0, 1000), "weight_contrast": (0, 1000), "strong_ops": (0, len(OPS)),
-    "strong_magnitude": (0, 1), "precise_bn_batches": (0, 100_000), "precise_bn_every": (1, 100_000),
-    "eval_every": (1, 100_000), "test_clips": (1, 100), "test_crops": (1, 3), "warmup_epochs": (0, 100_000),
-    "supervised_epochs": (0, 100_000),
+    "weight_sup": (0, 1000), "weight_unsup": (0, 1000), "weight_align": (0, 1000), "weight_contrast": (0, 1000),
+    "strong_ops": (0, len(OPS)), "strong_magnitude": (0, 1), "precise_bn_batches": (0, 100_000),
+    "precise_bn_every": (1, 100_000), "eval_every": (1, 100_000), "test_clips": (1, 100), "test_crops": (1, 3),
+    "warmup_epochs": (0, 100_000), "supervised_epochs": (0, 100_000),
 }
 POSITIVE = {"crop_area", "lr", "clip_grad", "threshold", "fixmatch_threshold", "temperature"}
 CHOICES = {"method": METHODS, "device": DEVICES, "test_views": VIEWS, "test_crops": (1, 3), "compile": COMPILE_MODES,
