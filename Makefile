@@ -19,7 +19,7 @@ $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+	$(PY) -m pip install --quiet -e '.[test,ray,remote]'
 	touch $(READY)
 
 # The demo's labeled ratio: the low one of bench/accuracy.py's table, whose cells its end cites.
@@ -27,12 +27,13 @@ RATIO := 0.1
 SHARDS := $(DEMO)/shards-$(RATIO)
 CITED := bench/accuracy.json
 
+# --overwrite: tgtrain refuses to train into a run folder that holds a run; a second `make demo` trains again.
 demo: $(READY)
 	$(VENV)/bin/tgprep synth --out $(DEMO)/synthetic
 	$(VENV)/bin/tgprep build --dataset synthetic --root $(DEMO)/synthetic --ratio $(RATIO) --out $(SHARDS)
 	$(VENV)/bin/tgprep inspect $(SHARDS)
 	$(VENV)/bin/tgprep inspect $(SHARDS) --random 2 --png $(DEMO)/sheet.png
-	$(VENV)/bin/tgtrain run --data $(SHARDS) --preset tiny --method ltg --out $(DEMO)/runs/ltg
+	$(VENV)/bin/tgtrain run --data $(SHARDS) --preset tiny --method ltg --out $(DEMO)/runs/ltg --overwrite
 	$(VENV)/bin/tgtrain eval --ckpt $(DEMO)/runs/ltg/last.pt --data $(SHARDS) --clips 4 --crops 3
 	$(PY) bench/accuracy.py --from $(CITED) --runs $(DEMO)/runs/ltg
 
@@ -41,7 +42,7 @@ demo-compare: $(READY)
 	$(VENV)/bin/tgprep synth --out $(DEMO)/synthetic
 	$(VENV)/bin/tgprep build --dataset synthetic --root $(DEMO)/synthetic --ratio $(RATIO) --out $(SHARDS)
 	for method in supervised fixmatch ltg; do \
-	  $(VENV)/bin/tgtrain run --data $(SHARDS) --preset tiny --method $$method --out $(DEMO)/runs/$$method || exit 1; \
+	  $(VENV)/bin/tgtrain run --data $(SHARDS) --preset tiny --method $$method --out $(DEMO)/runs/$$method --overwrite || exit 1; \
 	done
 	$(PY) bench/accuracy.py --from $(CITED) --runs $(DEMO)/runs/supervised $(DEMO)/runs/fixmatch $(DEMO)/runs/ltg
 

@@ -44,7 +44,7 @@ def run(shards_dir: Path, method: str, ratio: float, seed: int, work: Path, sett
     out = work / f"run-{ratio:g}-{method}"
     config = make_config("tiny", settings=settings, data=str(shards_dir), out=str(out), method=method, seed=seed)
     started, cpu = time.perf_counter(), time.process_time()
-    train(config)
+    train(config, overwrite=True)  # a --work folder used before: its runs again
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     scored = [r for r in records if "val_top1" in r]
     row = dict(method=method, ratio=ratio, seed=seed, best_top1=max(r["val_top1"] for r in scored),
@@ -156,9 +156,11 @@ def run_rows(folders: list[Path]) -> list[dict]:
         built = json.loads((Path(config["data"]) / "dataset.json").read_text())["config"]
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         scored = [r for r in records if "val_top1" in r]
+        seconds = [r["seconds"] for r in records if "seconds" in r]  # each epoch's (older runs: none)
         rows.append(dict(method=config["method"], ratio=built["ratio"], seed=config["seed"],
                          best_top1=max(r["val_top1"] for r in scored), last_top1=scored[-1]["val_top1"],
-                         minutes=None, last_top1_tg=scored[-1].get("val_top1_tg"),
+                         minutes=round(sum(seconds) / 60, 2) if seconds else None,
+                         last_top1_tg=scored[-1].get("val_top1_tg"),
                          threshold=config["fixmatch_threshold"] if config["method"] == "fixmatch" else None))
     return rows
 

@@ -12,12 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_runs_on_the_cpu(tmp_path):
     command = [sys.executable, "bench/gpu.py", "--device", "cpu", "--preset", "tiny", "--batch", "2", "--videos", "8",
-               "--frames", "20", "--video-sizes", "171x128,160x120", "--workers", "1,2", "--steps", "1",
-               "--warmup", "1", "--batches-per-worker", "2", "--json", str(tmp_path / "gpu.json")]
+               "--frames", "20", "--video-sizes", "171x128,160x120", "--workers", "1,2", "--fed-workers", "1",
+               "--modes", "eager,channels-last", "--steps", "1", "--warmup", "1", "--batches-per-worker", "2",
+               "--json", str(tmp_path / "gpu.json")]  # the compiled modes take a minute each to compile on a CPU
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
-    assert result["step"]["clips_s"] > 0 and result["step"]["peak_mib"] > 0 and result["fed_clips_s"] > 0
+    assert list(result["modes"]) == ["eager", "channels-last"]
+    for row in result["modes"].values():
+        assert row["step"]["clips_s"] > 0 and row["step"]["peak_mib"] > 0 and row["step"]["graph_breaks"] == 0
+        assert row["fed"]["1"]["clips_s"] > 0 and 0 <= row["fed"]["1"]["data_wait"] <= 1
+        assert row["verdict"].startswith(("fed from", "starved", "slowed"))
     assert set(result["loader_clips_s"]) == {"1", "2"} and all(v > 0 for v in result["loader_clips_s"].values())
-    assert result["verdict"].startswith(("fed from", "starved")) and "verdict: " in done.stdout
+    assert "| eager | " in done.stdout and "| channels-last | " in done.stdout

@@ -201,6 +201,7 @@ def test_missing_videos_stop_the_build_unless_allowed(real_videos, real_annotati
     assert len((tmp_path / "missing.txt").read_text().splitlines()) == 6766 - 4
 
     report = build(BuildConfig(**hmdb, allow_missing=True))
+    assert not (tmp_path / "missing.txt").exists()  # failures.jsonl lists them now
     counts = {s: len(getattr(report.splits, s)) for s in ("labeled", "unlabeled", "val")}
     assert counts == {"labeled": 2, "unlabeled": 1, "val": 1}  # wave: 2 pool videos, cartwheel: 1; TrumanShow is test
     frames = {json.loads(line)["path"] for line in (tmp_path / "failures.jsonl").read_text().splitlines()}

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tgtrain.checkpoint import KEYS
 from tgtrain.cli import main
-from tgtrain.config import PRESETS, RECIPE, TrainConfig, make_config, stored_config, to_toml
+from tgtrain.config import PRESETS, RECIPE, TrainConfig, make_config, resolve_config, stored_config, to_toml
 
 
 def tgtrain(*args):
@@ -68,11 +68,49 @@ def test_config_output_reads_back_with_config_and_set_is_typed_from_the_fields(t
     assert config == make_config("ucf101", settings=settings)
     assert (config.epochs, config.lr, config.blocks, config.sync_bn, config.test_views, config.out) == (
         100, 1.0, (1, 1, 2, 1), False, "center", "runs/a b")
-    assert config.supervised_epochs == 30 and config.preset == "ucf101"
+    assert config.supervised_epochs == 17 and config.preset == "ucf101"  # 30 of 180, scaled to 100 epochs
     again = tgtrain("config", "--config", file)
     assert again.exit_code == 0 and again.stdout == result.stdout
     # a run's config.toml is the same format; the shortcut flags still apply over --set
     assert make_config(file=str(file), settings=["epochs=70"], epochs=90).epochs == 90
+
+
+@pytest.mark.parametrize("preset, settings, flags, schedule, noted", [
+    ("tiny", ["epochs=2"], {}, (0, 1), True),  # 1/24 and 8/24 of 2, rounded
+    ("tiny", [], {"epochs": 1}, (0, 0), True),
+    ("hmdb51", [], {"epochs": 3}, (1, 1), True),  # 60/360 of 3 is a half: rounded up
+    ("tiny", ["epochs=100"], {}, (4, 33), True),
+    ("tiny", ["supervised_epochs=2"], {"epochs": 6}, (0, 2), True),  # the one given stays
+    ("tiny", ["epochs=24"], {}, (1, 8), False),  # the preset's own: nothing to scale
+    ("tiny", ["warmup_epochs=3"], {}, (3, 8), False),  # no epochs given: nothing scales
+])
+def test_epochs_given_alone_scale_the_warm_up_and_supervised_epochs(preset, settings, flags, schedule, noted):
+    config, note = resolve_config(preset, settings=settings, **flags)
+    assert (config.warmup_epochs, config.supervised_epochs) == schedule and (note is not None) == noted
+
+
+def test_the_note_says_the_values_used_and_a_contradiction_is_one_line(tmp_path):
+    result = tgtrain("config", "--preset", "tiny", "--set", "epochs=2")
+    assert result.exit_code == 0 and result.stderr == (
+        "note: epochs 2: warm-up 0, supervised 1 (the tiny preset's 1/24 and 8/24 of its 24)\n")
+    printed = tomllib.loads(result.stdout)
+    assert (printed["epochs"], printed["warmup_epochs"], printed["supervised_epochs"]) == (2, 0, 1)
+    one = tgtrain("config", "--preset", "tiny", "--set", "epochs=2", "--set", "warmup_epochs=1")
+    assert one.stderr == "note: epochs 2: supervised 1 (the tiny preset's 8/24 of its 24)\n"
+    assert_one_line_error(tgtrain("config", "--preset", "tiny", "--set", "epochs=2", "--set", "supervised_epochs=5"),
+                          "supervised_epochs 5 is more than epochs 2", "leave it out")
+    # a file that sets the schedule keeps it; one that sets epochs alone scales it
+    file = tmp_path / "tiny.toml"
+    file.write_text(tgtrain("config", "--preset", "tiny").stdout)
+    assert_one_line_error(tgtrain("config", "--config", file, "--set", "epochs=4"), "supervised_epochs 8")
+    file.write_text('preset = "tiny"\nepochs = 12\n')
+    assert (make_config(file=str(file)).warmup_epochs, make_config(file=str(file)).supervised_epochs) == (1, 4)
+
+
+def test_config_leaves_data_for_the_run_to_give():
+    """An unset data folder is a comment, not `data = ""`, and reads back as unset."""
+    printed = tgtrain("config", "--preset", "tiny").stdout
+    assert 'data = ""' not in printed and "# data = " in printed and "data" not in tomllib.loads(printed)
 
 
 @pytest.mark.parametrize("setting, words", [

@@ -94,14 +94,14 @@ def test_contact_sheet_shows_rgb_above_signed_tg(out):
     keys = [k for p in shard_paths(out) for k in json.loads(p.with_suffix(".json").read_text())["keys"]][:2]
     sheet = np.asarray(contact_sheet(shard_paths(out), keys=keys))
     caption, h, w = 16, 48, 64
-    assert sheet.shape == (2 * (caption + 2 * h), 8 * w, 3)
+    assert sheet.shape[0] == 2 * (caption + 2 * h) and sheet.shape[1] >= 8 * w  # a caption may be wider
     rgb = sheet[caption:caption + h, w:2 * w].astype(int)   # second tile: its frame number is drawn on it too
     tg = sheet[caption + h:caption + 2 * h, w:2 * w].astype(int)
     assert rgb.max() > 200 and rgb.min() < 60               # the square on its background
     assert abs(np.median(tg) - 128) <= 2                    # no change is mid-grey
     assert tg.max() > 180 and tg.min() < 76                 # the square's front and back: the sign shows
     again = np.asarray(contact_sheet(shard_paths(out), random_n=2, seed=3))
-    assert again.shape == sheet.shape
+    assert again.shape[0] == sheet.shape[0]  # two samples again (their captions may differ in width)
 
 
 def test_contact_sheet_names_the_shards_searched_for_an_unknown_key(out):

@@ -4,6 +4,7 @@ clips' batches of each BN layer's batch mean and variance, computed here directl
 import copy
 from contextlib import nullcontext
 
+import pytest
 import torch
 from torch import nn
 
@@ -88,3 +89,20 @@ def test_precise_bn_reads_no_value_back():
     with ScalarReads() as mode:  # the mode sees the reads it is there to count
         method.rgb.train()(augment.normalize(augment.center_crop(pool[0]["rgb"], CONFIG.size)))
     assert mode.reads == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_precise_bn_makes_no_host_sync_on_cuda():
+    """Under torch.cuda.set_sync_debug_mode("error") every synchronising call (a value read, a blocking copy)
+    raises."""
+    generator = torch.Generator().manual_seed(0)
+    method = build_method(CONFIG, 3).cuda()
+    pool = [{k: v.pin_memory() for k, v in batch(generator).items()} for _ in range(3)]
+    nets, device = {"rgb": method.rgb, "tg": method.tg}, torch.device("cuda")
+    recompute(nets, iter(pool), len(pool), CONFIG.size, device, nullcontext())  # cuDNN's first calls
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        recompute(nets, iter(pool), len(pool), CONFIG.size, device, nullcontext())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

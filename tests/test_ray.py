@@ -94,3 +94,23 @@ def test_a_video_that_kills_its_ray_worker_twice_is_recorded(folder_dataset, tmp
     failed = [f for s in sidecars for f in s["failures"] if f["key"] == victim.key]
     assert failed == [{"key": victim.key, "path": victim.path, "set": tasks[0].set, "reason": reason}]
     assert sorted(s["shard"] for s in sidecars) == sorted(f"{t.name}.tar" for t in tasks)
+
+
+def test_ray_tasks_upload_their_own_shards_into_a_bucket(folder_dataset, s3, tmp_path):  # noqa: F811
+    """No shared file system: each task stages its shard, uploads tar then sidecar; the driver writes the index.
+    The endpoint and credentials travel as storage options, since the Ray workers started before this test."""
+    import fsspec
+
+    from tgprep.storage.index import Storage
+
+    storage = Storage(options=(("endpoint_url", s3.url), ("key", "test"), ("secret", "test")))
+    url = s3.bucket() + "/ray"
+    build(config(folder_dataset, tmp_path / "local", workers=1))
+    build(config(folder_dataset, url, executor="ray", stage=str(tmp_path / "stage")), storage=storage)
+    fs, key = fsspec.filesystem("s3"), url.removeprefix("s3://")
+    fs.invalidate_cache()
+    tars = sorted(p.name for p in (tmp_path / "local").glob("*.tar"))
+    assert sorted(n.rsplit("/", 1)[-1] for n in fs.find(key) if n.endswith(".tar")) == tars
+    assert all(fs.cat_file(f"{key}/{n}") == (tmp_path / "local" / n).read_bytes() for n in tars)
+    assert json.loads(fs.cat_file(f"{key}/dataset.json"))["status"] == "complete"
+    assert not list((tmp_path / "stage").glob("*.tar"))  # each shard left the stage once uploaded

@@ -3,9 +3,11 @@
 import gc
 import os
 import signal
+import time
 
 import pytest
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from tests.test_data import shards, stream  # noqa: F401 (shards is a fixture)
 from tgtrain import shared_batches
@@ -28,16 +30,20 @@ def test_a_loader_worker_delivers_the_in_process_batches_while_the_trainer_holds
 def test_a_held_batch_outlives_its_worker_killed_by_sigkill(shards):  # noqa: F811
     urls = shard_urls(shards, "labeled")
     alone = next(iter(stream(urls, epoch_batches=2, size=40)))
-    it = iter(loader(stream(urls, epoch_batches=2, size=40), workers=1))
-    held = next(it)
+    batches = loader(stream(urls, epoch_batches=2, size=40), workers=1)
+    held = next(iter(batches))
+    worker = batches._iterator._workers[0]
+    # Killed idle, once it has made its second batch: a worker killed while it holds the lock of the loader's shared
+    # "done" event (it takes it for each batch) leaves it held, and the loader's shutdown would wait on it forever.
+    time.sleep(1)
     try:
-        os.kill(it._workers[0].pid, signal.SIGKILL)
-        it._workers[0].join(10)  # the signal reaches this process before the join returns
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)  # the signal reaches this process before the join returns
     except RuntimeError as e:  # torch's SIGCHLD handler says so
         assert "killed by signal" in str(e)
-    assert not it._workers[0].is_alive()
+    assert not worker.is_alive()
     assert torch.equal(held["rgb"], alone["rgb"]) and torch.equal(held["tg"], alone["tg"])
-    del it
+    del batches
 
 
 def sent(batch: shared_batches.SharedBatch) -> dict:
@@ -103,20 +109,36 @@ def test_the_trainer_maps_each_kept_slot_once_and_lets_a_gone_workers_go(shards)
     assert worker not in {pid for pid, _ in shared_batches._mapped}  # its worker is gone: its memory is let go
 
 
+class Numbered(IterableDataset):
+    """Batches of clips whose bytes are a function of the batch's number: checkable anywhere, with no shards."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __iter__(self):
+        info = get_worker_info()  # each worker its share of the numbers
+        for k in range(info.id if info else 0, self.count, info.num_workers if info else 1):
+            yield shared_batches.batch({"rgb": numbered(k)}, {"number": k})
+
+
+def numbered(k: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(k)
+    return [torch.randint(256, (4, 64, 64, 3), dtype=torch.uint8, generator=generator) for _ in range(5)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_batches_reach_the_gpu_from_page_locked_slots_byte_for_byte(shards):  # noqa: F811
+def test_batches_reach_the_gpu_from_page_locked_slots_byte_for_byte():
     torch.cuda.init()
-    urls, count = shard_urls(shards, "labeled"), 3 * shared_batches.KEEP
-    alone = list(stream(urls, epoch_batches=count, size=40))
-    on_gpu = []
-    for b in loader(stream(urls, epoch_batches=count, size=40), workers=1):
-        assert b["rgb"].is_pinned()
-        on_gpu.append({m: b[m].to("cuda", non_blocking=True) for m in ("rgb", "tg")})
-        del b  # freed while its copies may still run: the slot waits for them
+    count, on_gpu = 4 * shared_batches.KEEP, []
+    for b in loader(Numbered(count), workers=2):
+        assert b["rgb"].is_pinned()  # the slot itself, page-locked once: no copy into pinned memory
+        on_gpu.append((b["number"], b["rgb"].to("cuda", non_blocking=True)))
+        del b  # freed while its copy may still run: its slot waits for the copy
     torch.cuda.synchronize()
-    for a, b in zip(alone, on_gpu, strict=True):
-        assert torch.equal(a["rgb"], b["rgb"].cpu()) and torch.equal(a["tg"], b["tg"].cpu())
-    assert all(m.pinned for m in shared_batches._mapped.values())
+    assert sorted(k for k, _ in on_gpu) == list(range(count))
+    for k, clips in on_gpu:
+        assert torch.equal(clips.cpu(), torch.stack(numbered(k))), k
+    assert shared_batches._mapped and all(m.pinned for m in shared_batches._mapped.values())
 
 
 def test_outside_a_worker_a_batch_is_plain_tensors():

@@ -1,15 +1,12 @@
 """`tgprep build`: scan the dataset, draw the splits, write manifests, then run the shard plan; resumable."""
 
-import fcntl
 import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,14 +18,18 @@ import simplejpeg
 from tqdm import tqdm
 
 import tgprep
-from tgprep import datasets, schema, synth
+from tgprep import datasets, limits, schema, synth
 from tgprep.config import BuildConfig
 from tgprep.datasets.common import Listing, Record
-from tgprep.errors import MissingVideosError, UserError, disk_full
+from tgprep.errors import MissingVideosError, UserError
 from tgprep.executor import LocalExecutor, WorkerError
+from tgprep.output import (Output, clear_output, clear_stage, default_stage, output_lock, output_of,
+                           remove_temporaries, resume, stopped)
 from tgprep.sample import make_sample
-from tgprep.shards import SETS, ShardTask, finished, plan_shards, write_json_atomic, write_shard
+from tgprep.shards import SETS, ShardTask, plan_shards, write_json_atomic, write_shard
 from tgprep.splits import Splits, class_counts, draw_labeled, read_video_list, select_listed, write_list
+from tgprep.storage.index import Storage
+from tgprep.storage.place import Place
 from tgprep.video import VideoStream
 from tgprep.video_sample import make_video_sample
 
@@ -37,7 +38,7 @@ from tgprep.video_sample import make_video_sample
 class BuildReport:
     """What a build did, for the summary the CLI prints and for programs that call build()."""
 
-    out: Path
+    out: str                                             # the output folder or URL
     listing: Listing
     splits: Splits
     sidecars: list[dict] = field(default_factory=list)   # one per shard, finished now or earlier
@@ -52,51 +53,47 @@ class BuildReport:
                 + len(self.listing.missing) + len(self.listing.unusable))
 
 
-def build(config: BuildConfig, command: list[str] | None = None) -> BuildReport:
-    """Run a whole build (or, with config.dry_run, everything up to the shards) and return its report."""
+def build(config: BuildConfig, command: list[str] | None = None, storage: Storage = Storage()) -> BuildReport:
+    """Run a whole build (or, with config.dry_run, everything up to the shards) and return its report. config.out
+    is a folder, or an s3:// or gs:// URL written through a local stage (tgprep.output)."""
     start = time.perf_counter()
     if config.dataset == "synthetic" and not config.root:
         config.root = str(default_synthetic_root())
         synth.generate(Path(config.root), synth.SynthConfig())
-    out = Path(config.out)
+    output = output_of(storage.place(config.out), config.stage)
     try:
-        report = _build(config, out, command)
+        report = _build(config, output, command)
     except WorkerError as e:
         if isinstance(e.error, OSError):
-            raise stopped(out, e.error) from None
+            raise stopped(output, e.error) from None
+        if isinstance(e.error, UserError):  # an upload that could not be made, said in one line
+            raise e.error from None
         e.error.add_note(f"raised in a worker:\n{e.trace}")  # a bug, not the machine: keep its traceback
         raise e.error from None
     except OSError as e:
-        raise stopped(out, e) from None
+        raise stopped(output, e) from None
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _build(config: BuildConfig, out: Path, command: list[str] | None) -> BuildReport:
-    out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
+def _build(config: BuildConfig, output: Output, command: list[str] | None) -> BuildReport:
+    if output.remote:
+        output.place.check_bucket()
+    output.stage.mkdir(parents=True, exist_ok=True)
+    with output_lock(output.stage, output.place.url()):
+        clear_stage(output)
         listing = datasets.scan(config)
-        check_missing(listing, config, out)
+        check_missing(listing, config, output)
         splits = choose_splits(listing, config)
         tasks = plan_shards(splits, config.videos_per_shard, config.seed)
-        complete = prepare_output(out, config, tasks)
+        complete = prepare_output(output, config, tasks)
         if not (config.dry_run and complete):
-            write_manifests(out, listing, splits, config, command, tasks)
-        report = BuildReport(out, listing, splits)
+            write_manifests(output, listing, splits, config, command, tasks)
+        report = BuildReport(output.place.url(), listing, splits)
         if not config.dry_run:
-            run_plan(report, tasks, config)
-            finish_output(report, config, command, tasks)
+            run_plan(report, output, tasks, config)
+            finish_output(report, output, config, command, tasks)
     return report
-
-
-def stopped(out: Path, error: OSError) -> UserError:
-    """The one line for a build stopped by its output's file system (a full disk above all)."""
-    if not disk_full(error):
-        return UserError(f"{out}: could not write the output: {error}")
-    tars = [p for p in out.glob("*.tar") if p.with_suffix(".json").is_file()]
-    return UserError(f"{out}: {error.strerror}, with {len(tars)} shard{'' if len(tars) == 1 else 's'} "
-                     f"({sum(p.stat().st_size for p in tars) / 1e6:.1f} MB) written; "
-                     "free some space there and run the same command again to resume")
 
 
 def default_synthetic_root() -> Path:
@@ -105,27 +102,20 @@ def default_synthetic_root() -> Path:
     return Path(cache) / "tgprep" / "synthetic"
 
 
-@contextmanager
-def output_lock(out: Path):
-    """Refuse a second build into the same output while one runs; the OS drops the lock if we are killed."""
-    with open(out / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out}: another tgprep build is writing here; wait for it or use another --out") from None
-        yield
-
-
-def check_missing(listing: Listing, config: BuildConfig, out: Path) -> None:
-    """Listed videos that are not on disk stop the build unless --allow-missing; their list is written."""
+def check_missing(listing: Listing, config: BuildConfig, output: Output) -> None:
+    """Listed videos that are not on disk stop the build unless --allow-missing, and their list is written to
+    missing.txt; a build that goes on removes that list (failures.jsonl holds them then)."""
+    per_split = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.split for r in listing.missing).items()))
+    what = f"{len(listing.missing)} listed videos are not under {config.root} ({per_split})"
+    if listing.missing and not config.allow_missing:
+        write_list(output.stage / "missing.txt", listing.missing)
+        output.publish("missing.txt")
+        raise MissingVideosError(f"{what}; list in {output.place.url('missing.txt')}; add --allow-missing to build "
+                                 "without them")
+    output.remove("missing.txt")
     if not listing.missing:
         return
-    write_list(out / "missing.txt", listing.missing)
-    per_split = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.split for r in listing.missing).items()))
-    what = f"{len(listing.missing)} listed videos are not under {config.root} ({per_split}); list in {out / 'missing.txt'}"
-    if not config.allow_missing:
-        raise MissingVideosError(f"{what}; add --allow-missing to build without them")
-    listing.notes.append(f"warning: {what}; building without them")
+    listing.notes.append(f"warning: {what}; building without them (see failures.jsonl)")
     train, val = {r.label for r in listing.train}, {r.label for r in listing.val}
     no_video = [name for label, name in enumerate(listing.classes) if label not in train | val]
     no_train = [name for label, name in enumerate(listing.classes) if label in val - train]
@@ -149,17 +139,17 @@ def choose_splits(listing: Listing, config: BuildConfig) -> Splits:
     return Splits(labeled, unlabeled, listing.val)
 
 
-def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bool:
+def prepare_output(output: Output, config: BuildConfig, tasks: list[ShardTask]) -> bool:
     """Resume what this output holds if it was made by the same settings; refuse otherwise, or --overwrite.
     Returns whether the output already holds this very build, complete."""
+    where = output.place.url("dataset.json")
     try:
-        previous = schema.read_dataset(out / "dataset.json")
+        previous = read_dataset(output.place)
     except FileNotFoundError:
         previous = None
     except (OSError, ValueError) as e:
         if not config.overwrite:
-            raise UserError(f"{out / 'dataset.json'}: {e}; use --overwrite to rebuild this output, "
-                            "or another --out") from None
+            raise UserError(f"{where}: {e}; use --overwrite to rebuild this output, or another --out") from None
         previous = None
     if previous is not None and not config.overwrite:
         old = previous.get("config", {})
@@ -169,35 +159,28 @@ def prepare_output(out: Path, config: BuildConfig, tasks: list[ShardTask]) -> bo
         if not changed and previous.get("plan") != plan_digest(tasks):
             changed = ["the videos found (the plan of shards differs)"]
         if changed:
-            raise UserError(f"{out}: holds a build made with {', '.join(changed[:3])}; "
+            raise UserError(f"{output.place.url()}: holds a build made with {', '.join(changed[:3])}; "
                             "use another --out, or --overwrite to replace it")
     if config.overwrite and not config.dry_run:
-        clear_output(out)
-    remove_temporaries(out)  # left by a killed run
+        clear_output(output)
+    remove_temporaries(output.stage)  # left by a killed run
     return previous is not None and not config.overwrite and previous.get("status") == "complete"
 
 
-def remove_temporaries(out: Path) -> None:
-    """Half-written files (tars, spooled payloads, JSON) of a run that was killed or stopped; only ever
-    called under the output lock, when no worker of ours is left."""
-    for stale in out.glob("*.tmp*"):
-        stale.unlink(missing_ok=True)
+def read_dataset(place: Place) -> dict:
+    """The output's dataset.json, checked; FileNotFoundError when there is none yet."""
+    value = limits.parse_json(place.read_small("dataset.json", limits.MAX_DATASET_JSON_BYTES),
+                              limits.MAX_DATASET_JSON_BYTES)
+    schema.check_dataset(value)
+    return value
 
 
-def clear_output(out: Path) -> None:
-    """Remove what a build writes, and nothing else."""
-    for pattern in ("*.tar", "*.tmp*", "labeled-*.json", "unlabeled-*.json", "val-*.json",
-                    "failures.jsonl", "missing.txt", "dataset.json"):
-        for path in out.glob(pattern):
-            path.unlink()
-    shutil.rmtree(out / "manifests", ignore_errors=True)
-
-
-def write_manifests(out: Path, listing: Listing, splits: Splits, config: BuildConfig,
+def write_manifests(output: Output, listing: Listing, splits: Splits, config: BuildConfig,
                     command: list[str] | None, tasks: list[ShardTask]) -> None:
     for set_name, records in zip(SETS, (splits.labeled, splits.unlabeled, splits.val)):
-        write_list(out / "manifests" / f"{set_name}.txt", records)
-    write_json_atomic(out / "dataset.json", dataset_json(listing, splits, config, command, tasks, None))
+        write_list(output.stage / "manifests" / f"{set_name}.txt", records)
+    write_json_atomic(output.stage / "dataset.json", dataset_json(listing, splits, config, command, tasks, None))
+    output.publish(*(f"manifests/{name}.txt" for name in SETS), "dataset.json")
 
 
 def dataset_json(listing: Listing, splits: Splits, config: BuildConfig, command, tasks, shards) -> dict:
@@ -230,18 +213,15 @@ def versions() -> dict:
             "pillow": PIL.__version__, "simplejpeg": simplejpeg.__version__, "av": av.__version__}
 
 
-def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -> None:
-    """Write every shard that is not finished yet, with a progress bar over videos."""
-    todo = []
-    for task in tasks:
-        sidecar = finished(report.out, task)
-        if sidecar is None:
-            todo.append(task)
-        else:
-            report.sidecars.append(sidecar)
+def run_plan(report: BuildReport, output: Output, tasks: list[ShardTask], config: BuildConfig) -> None:
+    """Write every shard that is not finished yet (or no longer matches its sidecar), with a progress bar."""
+    report.sidecars, todo = resume(output, tasks, config.resume_check, config.workers)
     report.resumed = len(report.sidecars)
-    # absolute paths: a task may run in another process, on another node, from another folder
-    work = partial(_shard_work, out=report.out.resolve(), root=Path(config.root).resolve(), config=config)
+    # absolute paths: a task may run in another process, on another node, from another folder; a task that
+    # uploads (a bucket's output) stages its shard on its own node: --stage as given, else that node's default
+    stage = output.stage.resolve() if not output.remote or config.stage else None
+    work = partial(_shard_work, out=stage, root=Path(config.root).resolve(), config=config,
+                   place=output.place if output.remote else None)
     total = sum(len(t.records) for t in todo)
     with tqdm(total=total, unit="video", desc="build", dynamic_ncols=True, disable=None) as bar:
         frames = 0
@@ -261,7 +241,7 @@ def run_plan(report: BuildReport, tasks: list[ShardTask], config: BuildConfig) -
         try:
             report.sidecars += executor(config).run(work, todo, progress)
         finally:
-            remove_temporaries(report.out)  # a stopped or failed run leaves nothing half-written
+            remove_temporaries(output.stage)  # a stopped or failed run leaves nothing half-written
     report.frames_written = sum(s["frames"] for s in report.sidecars[report.resumed:])
     report.sidecars.sort(key=lambda s: s["shard"])
 
@@ -277,25 +257,30 @@ def executor(config: BuildConfig):
     return RayExecutor(config.ray_address, config.timeout)
 
 
-def finish_output(report: BuildReport, config: BuildConfig, command, tasks) -> None:
+def finish_output(report: BuildReport, output: Output, config: BuildConfig, command, tasks) -> None:
     report.failures = [{"key": r.key, "path": r.path, "set": r.split, "reason": "missing: listed but not on disk"}
                        for r in report.listing.missing]
     report.failures += [{"key": r.key, "path": r.path, "set": r.split, "reason": reason}
                         for r, reason in report.listing.unusable]
     report.failures += [f for s in report.sidecars for f in s["failures"]]
     lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in report.failures)
-    (report.out / "failures.jsonl").write_text(lines)
+    (output.stage / "failures.jsonl").write_text(lines)
     shards = [{k: s[k] for k in ("shard", "set", "samples", "frames", "bytes", "sha256")} for s in report.sidecars]
-    write_json_atomic(report.out / "dataset.json",
+    write_json_atomic(output.stage / "dataset.json",
                       dataset_json(report.listing, report.splits, config, command, tasks, shards))
+    output.publish("failures.jsonl", "dataset.json")  # the index, last: after every sidecar
 
 
 # -- executing the plan ---------------------------------------------------------------------------------
 
-def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildConfig) -> dict:
-    """One shard task: stream each video through make_sample, write the tar and its sidecar. It reports the
-    video it is on and its frames as they decode, so that its executor knows what a dead or silent worker was
-    doing, and a long video is never taken for a hung one."""
+def _shard_work(task: ShardTask, progress, out: Path | None, root: Path, config: BuildConfig,
+                place: Place | None = None) -> dict:
+    """One shard task: stream each video through make_sample, write the tar and its sidecar into `out`, and for a
+    bucket's output (place) upload them from there, tar then sidecar (out None: this node's default stage). It
+    reports the video it is on and its frames as they decode, so that its executor knows what a dead or silent
+    worker was doing, and a long video is never taken for a hung one."""
+    out = out or default_stage(place)
+    out.mkdir(parents=True, exist_ok=True)
 
     def make(record: Record, with_label: bool) -> dict:
         progress(("video", record.key))
@@ -310,7 +295,10 @@ def _shard_work(task: ShardTask, progress, out: Path, root: Path, config: BuildC
         finally:
             progress(("done", record.key))
 
-    return write_shard(out, task, make)
+    sidecar = write_shard(out, task, make)
+    if place is not None:
+        Output(place, out).publish(f"{task.name}.tar", f"{task.name}.json")
+    return sidecar
 
 
 def summary(report: BuildReport, dry_run: bool) -> str:

@@ -13,7 +13,10 @@ from tgprep.build import build as run_build
 from tgprep.build import default_synthetic_root, summary
 from tgprep.config import BuildConfig
 from tgprep.errors import OneLineErrors, UserError
+from tgprep.locate import find_shards
 from tgprep.splits import read_video_list
+from tgprep.storage.options import storage_options
+from tgprep.storage.place import place
 
 
 class _WithFix:
@@ -43,12 +46,16 @@ class Existing(_WithFix, click.Path):
 
 
 class OutFolder(click.Path):
-    """A folder to write into: it may not exist yet, but nothing on the way to it may be a file."""
+    """A folder to write into: it may not exist yet, but nothing on the way to it may be a file. With
+    `buckets`, an s3:// or gs:// URL too (checked when the build starts)."""
 
-    def __init__(self):
+    def __init__(self, buckets: bool = False):
         super().__init__(path_type=Path)
+        self.buckets = buckets
 
     def convert(self, value, param, ctx):
+        if self.buckets and "://" in str(value):
+            return place(value).root
         path = super().convert(value, param, ctx)
         if path.exists() and not path.is_dir():
             self.fail(f"{path} is a file; give a folder (it is made if missing)", param, ctx)
@@ -138,7 +145,16 @@ def synth_command(out, workers, **knobs):
 @click.option("--root", help="Folder holding the videos, nested in any way. "
               "synthetic: defaults to a cache folder, generated on first use.",
               type=Existing(exists=True, file_okay=False, fix="point --root at the folder holding the videos"))
-@click.option("--out", required=True, type=OutFolder(), help="Output folder for shards and manifests.")
+@click.option("--out", required=True, type=OutFolder(buckets=True),
+              help="Output for shards and manifests: a folder, or s3://bucket/prefix or gs://bucket/prefix "
+              "(pip install 'tgprep[remote]'; written through --stage).")
+@click.option("--stage", type=OutFolder(), help="With a bucket as --out: the local folder each shard is written in "
+              "before its upload, and the build's lock [default: one per --out under ~/.cache/tgprep/stage].")
+@storage_options(reads=False)
+@click.option("--resume-check", default=BuildConfig.resume_check, type=click.Choice(["sha256", "size"]),
+              show_default=True, help="How a rerun checks the shards an earlier run finished against their sidecars: "
+              "size and sha256 (every byte read back, in parallel), or size alone for huge outputs you trust. A "
+              "shard that fails is written again.")
 @click.option("--annotations", default=None, help="Folder with the official split files [default: found under --root].",
               type=Existing(exists=True, file_okay=False, fix="point --annotations at the folder of split files"))
 @click.option("--split", default=1, type=click.IntRange(1, 3), show_default=True, help="Official split.")
@@ -177,18 +193,18 @@ def synth_command(out, workers, **knobs):
               type=Real(min=0, min_open=True, fix="give seconds, e.g. 300"))
 @click.option("--workers", default=0, type=WORKERS, help="Parallel processes; 0 = one per core (local executor).")
 @click.option("--executor", default="local", type=click.Choice(["local", "ray"]), show_default=True,
-              help="local: this machine's cores; ray: a Ray cluster (pip install 'tgprep[ray]'; --out on a "
-              "file system every node sees).")
+              help="local: this machine's cores; ray: a Ray cluster (pip install 'tgprep[ray]'; --out a bucket, "
+              "which each task uploads its shard to, or a file system every node sees).")
 @click.option("--ray-address", default=None, help="Ray cluster to join, e.g. auto or HOST:6379 "
               "[default: RAY_ADDRESS, else one on this machine, else a new local one].")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds instead of resuming it.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video failed.")
 @click.option("--dry-run", is_flag=True, help="Stop after the manifests and the summary table.")
-def build(**options):
+def build(storage, **options):
     """Write labeled / unlabeled / val shards of frames and TG.
 
     Decodes every video once, computes its temporal gradients and packs both into WebDataset tars.
-    Run the same command again to resume after an interruption: finished shards are kept.
+    Run the same command again to resume after an interruption: finished shards are checked against their sidecars and kept.
     Videos that cannot be decoded are listed with their reason in OUT/failures.jsonl.
     """
     if options["ratio"] is not None and options["labeled_list"] is not None:
@@ -196,29 +212,32 @@ def build(**options):
                                "give only one of them")
     if options["root"] is None and options["dataset"] != "synthetic":
         raise click.UsageError(f"--dataset {options['dataset']} needs --root, the folder holding its videos")
-    config = BuildConfig(**{**options, "out": str(options["out"]), "root": options["root"] or ""})
+    config = BuildConfig(**{**options, "out": str(options["out"]), "root": options["root"] or "",
+                            "stage": options["stage"] and str(options["stage"])})
     if config.dataset == "synthetic" and not config.root:
         click.echo(f"synthetic: videos in {default_synthetic_root()} (made on first use, about half a minute)")
-    report = run_build(config, command=["tgprep", *sys.argv[1:]])
+    report = run_build(config, command=["tgprep", *sys.argv[1:]], storage=storage)
     click.echo(summary(report, config.dry_run))
     if config.strict and report.failures:
         sys.exit(1)
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
+@storage_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--key", "keys", multiple=True, help="Sample key to draw (repeatable); needs --png.")
 @click.option("--random", "random_n", help="Draw N random samples; needs --png.",
               type=Whole(min=1, fix="give how many samples to draw, e.g. --random 2"))
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet: RGB frames above their TG.")
 @click.option("--seed", default=0, type=SEED, help="For --random.")
-def inspect(path, as_json, keys, random_n, png, seed):
+def inspect(path, storage, as_json, keys, random_n, png, seed):
     """Summarise shards; draw samples with --png.
 
-    PATH is a shard, a shard set (OUT/labeled) or an output root.
+    PATH is a shard, a shard set (OUT/labeled) or an output root, a folder or a URL (s3://, gs://, http(s)://:
+    its shards come through the node cache).
     """
-    paths = inspection.shard_paths(path)
+    paths, _ = find_shards(path, storage)
     if png is not None:
         if not keys and not random_n:
             raise UserError("--png needs --key KEY or --random N: which samples to draw")
@@ -234,13 +253,15 @@ def inspect(path, as_json, keys, random_n, png, seed):
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-def verify(path):
+@click.argument("path")
+@storage_options()
+def verify(path, storage):
     """Re-read and check every shard; exit 1 on any problem.
 
-    Checks the tar, its checksum and counts against the sidecar, and that every frame decodes.
+    Checks the tar, its checksum and counts against the sidecar, and that every frame decodes. PATH as for
+    inspect: a folder or a URL.
     """
-    problems = verification.verify(path)
+    problems = verification.verify(path, storage)
     for line in problems:
         click.echo(line, err=True)
     if problems:

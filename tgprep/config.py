@@ -3,7 +3,7 @@
 from dataclasses import asdict, dataclass
 
 # How a build runs, not what it writes: never stored, never compared.
-RUNTIME_FIELDS = ("workers", "ray_address", "overwrite", "strict", "dry_run")
+RUNTIME_FIELDS = ("workers", "ray_address", "overwrite", "strict", "dry_run", "stage", "resume_check")
 # Where things are: stored for the record, but a resumed build may name them differently
 # (a relative path, a moved dataset); the plan digest in dataset.json catches other videos.
 LOCATION_FIELDS = ("out", "root", "annotations")
@@ -34,6 +34,8 @@ class BuildConfig:
     workers: int = 0                  # parallel processes; 0 = one per core
     executor: str = "local"           # local (this machine's cores) | ray (a Ray cluster)
     ray_address: str | None = None    # the Ray cluster to join; None: RAY_ADDRESS, a local one, or a new one
+    stage: str | None = None          # a bucket's output: local folder its files are written in first; None: default
+    resume_check: str = "sha256"      # how finished shards are checked on resume: sha256 (and size) | size
     overwrite: bool = False           # rebuild an output that holds a different or finished build
     strict: bool = False              # exit 1 when any video failed
     dry_run: bool = False             # stop after the manifests and the summary

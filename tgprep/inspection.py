@@ -6,67 +6,45 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
-import braceexpand
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tgprep import limits, schema
+from tgprep import limits
 from tgprep.errors import UserError
 from tgprep.sample import FIELDS, SampleError, decode_frames, tg_from_stored
 from tgprep.video_decode import clip_frames
 from tgprep.video_sample import is_video, read_meta
+from tgprep.locate import Shard, ShardError, as_shard, shard_paths  # noqa: F401 (shard_paths: callers find it here)
 from tgprep.shards import SETS
 
 TILE_HEIGHT = 128   # contact-sheet frames are shrunk by a whole factor to at most this height
 TG_GAIN = 2         # contact-sheet TG is 128 + TG_GAIN * d: mid-grey is no change, brighter is brighter
 
 
-class ShardError(UserError):
-    """A tar that cannot be read to its end; the message names the shard and where reading stopped."""
-
-
 # -- finding and reading shards ------------------------------------------------------------------------
 
-def shard_paths(path: Path) -> list[Path]:
-    """The tars PATH names: one shard (x.tar), a shard set (OUT/labeled means OUT/labeled-*.tar), a brace
-    pattern (OUT/val-{000000..000002}.tar) or an output root (every set)."""
-    path = Path(path)
-    if path.is_file():
-        found = [path]
-    elif path.is_dir():
-        found = [p for name in SETS for p in sorted(path.glob(f"{name}-*.tar"))]
-    elif "{" in str(path):
-        found = [Path(p) for p in braceexpand.braceexpand(str(path)) if Path(p).is_file()]
-    else:
-        found = sorted(path.parent.glob(f"{path.name}-*.tar"))
-    found = [p for p in found if p.is_file()]  # a FIFO named like a shard would block its reader
-    if not found:
-        raise UserError(f"{path}: no shards found; give a .tar, a shard set such as OUT/labeled, "
-                        "a pattern such as OUT/val-{000000..000003}.tar, or an output root")
-    return found
-
-
-def iter_samples(tar_path: Path) -> Iterator[dict]:
+def iter_samples(tar_path: Path, where: str | None = None) -> Iterator[dict]:
     """Every sample of a shard in tar order, as webdataset would group it: {"__key__", "json", "rgb", ...}
     with raw bytes of the sample fields (others are skipped). Nothing is decoded or unpickled. A damaged tar
-    raises ShardError."""
-    for key, data, _sizes in _walk(Path(tar_path), lambda key, ext: ext in FIELDS):
+    raises ShardError, naming the tar as `where` says (its URL) or else by its path."""
+    for key, data, _sizes in _walk(Path(tar_path), lambda key, ext: ext in FIELDS, where):
         yield {"__key__": key, **data}
 
 
-def _walk(tar_path: Path, wanted: Callable[[str, str], bool]) -> Iterator[tuple[str, dict, dict]]:
+def _walk(file: Path, wanted: Callable[[str, str], bool], where: str | None = None) -> Iterator[tuple[str, dict, dict]]:
     """(key, {ext: bytes} for the members wanted(key, ext) picks, {ext: size} for all) per sample.
 
     Members not wanted are skipped by seeking, so a walk for the headers alone is fast. The standard
     tarfile stops quietly at a broken header after the first; the end check below turns that into an error.
     A member is read only once its size is checked against the file and tgprep.limits.
     """
+    tar_path = where or str(file)  # what messages call it
     try:
-        file = limits.BoundedFile(tar_path)
-        tar = tarfile.open(fileobj=file, mode="r:")
+        bounded = limits.BoundedFile(file)
+        tar = tarfile.open(fileobj=bounded, mode="r:")
     except (tarfile.TarError, OSError, ValueError) as e:
         raise ShardError(f"{tar_path}: not a readable tar ({e}); rebuild it (run the build again)") from None
-    with file, tar:
+    with bounded, tar:
         key, data, sizes, seen, member = None, {}, {}, set(), None
         try:
             for member in tar:
@@ -81,9 +59,9 @@ def _walk(tar_path: Path, wanted: Callable[[str, str], bool]) -> Iterator[tuple[
                     seen.add(key)
                 sizes[ext] = member.size
                 if wanted(key, ext):
-                    _check_member(tar_path, member, ext, file.size)
+                    _check_member(tar_path, member, ext, bounded.size)
                     data[ext] = tar.extractfile(member).read()
-            _check_end(tar_path, tar.offset)
+            _check_end(file, tar.offset, tar_path)
         except (tarfile.TarError, ValueError) as e:  # ValueError: pax numbers that are not numbers
             where = f"member {member.name} at offset {member.offset}" if member else "the first member"
             raise ShardError(f"{tar_path}: damaged at {where} ({e}); rebuild the shard") from None
@@ -91,7 +69,7 @@ def _walk(tar_path: Path, wanted: Callable[[str, str], bool]) -> Iterator[tuple[
             yield key, data, sizes
 
 
-def _split_name(tar_path: Path, member: tarfile.TarInfo) -> tuple[str, str]:
+def _split_name(tar_path: str, member: tarfile.TarInfo) -> tuple[str, str]:
     """("key", "ext") from "key.ext", as webdataset splits names (at the first dot of the base name)."""
     match = re.fullmatch(r"([^.]+)\.([^/]+)", member.name)
     if not member.isfile() or match is None:
@@ -100,17 +78,17 @@ def _split_name(tar_path: Path, member: tarfile.TarInfo) -> tuple[str, str]:
     return match[1], match[2]
 
 
-def _check_member(tar_path: Path, member: tarfile.TarInfo, ext: str, file_size: int) -> None:
+def _check_member(tar_path: str, member: tarfile.TarInfo, ext: str, file_size: int) -> None:
     try:
         limits.check_member(ext, member.offset_data, member.size, file_size)
     except ValueError as e:
         raise ShardError(f"{tar_path}: member {member.name} {e}; rebuild the shard") from None
 
 
-def _check_end(tar_path: Path, offset: int) -> None:
+def _check_end(file: Path, offset: int, tar_path: str) -> None:
     """A whole tar ends in at least two zero blocks where its last member stops."""
-    size = tar_path.stat().st_size
-    with open(tar_path, "rb") as f:
+    size = file.stat().st_size
+    with open(file, "rb") as f:
         f.seek(offset)
         zeros = all(block.count(0) == len(block) for block in iter(lambda: f.read(1 << 20), b""))
     if size - offset < 1024 or not zeros:
@@ -118,35 +96,37 @@ def _check_end(tar_path: Path, offset: int) -> None:
                          "(no clean end of archive); rebuild the shard")
 
 
-def _sidecar(tar_path: Path) -> dict | None:
+def _sidecar(shard: Shard) -> dict | None:
     """The shard's sidecar, or None when it is absent or not one (written last: no sidecar, unfinished)."""
     try:
-        return schema.read_sidecar(tar_path.with_suffix(".json"))
+        return shard.sidecar()
     except (OSError, ValueError):
         return None
 
 
-def set_name(tar_path: Path) -> str:
-    return tar_path.name.rsplit("-", 1)[0]
+def set_name(name: str) -> str:
+    return name.rsplit("-", 1)[0]
 
 
 # -- inspect: the summary --------------------------------------------------------------------------------
 
-def summarize(paths: list[Path]) -> dict:
+def summarize(paths: list) -> dict:
     """Per set and in total: shards, samples, classes, frames per video, bytes per frame, failures.
 
     Reads only the .json members and the tar headers (frame sizes come from the member sizes), so it is fast.
+    paths: local tars or Shards.
     """
     parts: dict[str, dict] = {}
-    for tar_path in paths:
-        part = parts.setdefault(set_name(tar_path), _empty_part())
-        sidecar = _sidecar(tar_path)
+    for shard in map(as_shard, paths):
+        part = parts.setdefault(set_name(shard.name), _empty_part())
+        sidecar = _sidecar(shard)
         part["shards"] += 1
-        part["bytes"] += tar_path.stat().st_size
         part["unfinished"] += sidecar is None
         part["failures"] += len(sidecar["failures"]) if sidecar else 0
-        for key, data, sizes in _walk(tar_path, lambda key, ext: ext == "json"):
-            _count(part, key, tar_path, data, sizes)
+        with shard.local() as tar_path:
+            part["bytes"] += tar_path.stat().st_size
+            for key, data, sizes in _walk(tar_path, lambda key, ext: ext == "json", shard.where):
+                _count(part, key, shard.where, data, sizes)
     sets = {name: _finish(part) for name, part in sorted(parts.items(), key=lambda kv: _set_order(kv[0]))}
     total = _empty_part()
     for part in parts.values():
@@ -160,7 +140,7 @@ def _empty_part() -> dict:
             "rgb_bytes": 0, "tg_bytes": 0, "tg_frames": 0, "videos": 0}
 
 
-def _count(part: dict, key: str, tar_path: Path, data: dict, sizes: dict) -> None:
+def _count(part: dict, key: str, tar_path: str, data: dict, sizes: dict) -> None:
     try:
         meta = limits.parse_json(data.get("json", b""), limits.MAX_SAMPLE_JSON_BYTES, depth=None)
         if not isinstance(meta, dict) or not isinstance(meta.get("class"), str):
@@ -236,16 +216,21 @@ def _class_table(sets: dict) -> list[str]:
 
 # -- inspect --png: the contact sheet --------------------------------------------------------------------
 
-def contact_sheet(paths: list[Path], keys: list[str] | None = None, random_n: int | None = None,
+def contact_sheet(paths: list, keys: list[str] | None = None, random_n: int | None = None,
                   seed: int = 0, frames: int = 8) -> Image.Image:
     """One block per chosen sample: a caption (key, class), a row of RGB frames at evenly spaced frame numbers
-    and, below it, the TG at the same numbers (128 + TG_GAIN * d: mid-grey is no change)."""
-    where = {key: tar_path for tar_path in paths for key, _, _ in _walk(tar_path, lambda key, ext: False)}
+    and, below it, the TG at the same numbers (128 + TG_GAIN * d: mid-grey is no change). paths: local tars or
+    Shards."""
+    shards = [as_shard(p) for p in paths]
+    where = {}
+    for shard in shards:
+        with shard.local() as tar_path:
+            where.update({key: shard for key, _, _ in _walk(tar_path, lambda key, ext: False, shard.where)})
     if keys:
         unknown = [k for k in keys if k not in where]
         if unknown:
-            raise UserError(f"key {unknown[0]} is in none of the {len(paths)} shards searched "
-                            f"({', '.join(p.name for p in paths[:5])}{', ...' if len(paths) > 5 else ''}); "
+            raise UserError(f"key {unknown[0]} is in none of the {len(shards)} shards searched "
+                            f"({', '.join(s.name for s in shards[:5])}{', ...' if len(shards) > 5 else ''}); "
                             "each shard's .json sidecar lists its keys")
     elif random_n:
         everything = sorted(where)
@@ -259,7 +244,7 @@ def contact_sheet(paths: list[Path], keys: list[str] | None = None, random_n: in
         try:
             blocks.append(_sample_block(samples[key], frames))
         except SampleError as e:
-            raise ShardError(f"{where[key]}: {e}; run `tgprep verify` on it") from None
+            raise ShardError(f"{where[key].where}: {e}; run `tgprep verify` on it") from None
     sheet = Image.new("RGB", (max(b.width for b in blocks), sum(b.height for b in blocks)), "black")
     top = 0
     for block in blocks:
@@ -268,13 +253,14 @@ def contact_sheet(paths: list[Path], keys: list[str] | None = None, random_n: in
     return sheet
 
 
-def _read_samples(keys: list[str], where: dict[str, Path]) -> dict[str, dict]:
+def _read_samples(keys: list[str], where: dict[str, Shard]) -> dict[str, dict]:
     wanted = set(keys)
     samples = {}
-    for tar_path in sorted({where[k] for k in keys}):
-        for key, data, _ in _walk(tar_path, lambda key, ext: key in wanted):
-            if key in wanted:
-                samples[key] = {"__key__": key, **data}
+    for shard in sorted({where[k] for k in keys}, key=lambda s: s.where):
+        with shard.local() as tar_path:
+            for key, data, _ in _walk(tar_path, lambda key, ext: key in wanted, shard.where):
+                if key in wanted:
+                    samples[key] = {"__key__": key, **data}
     return samples
 
 
@@ -291,12 +277,15 @@ def _sample_block(sample: dict, frames: int) -> Image.Image:
         rgb = decode_frames(sample, "rgb", numbers, reduce=reduce)
         tg = tg_from_stored(decode_frames(sample, "tg", numbers, reduce=reduce))
     tg = np.clip(128 + TG_GAIN * tg, 0, 255).astype(np.uint8)
-    font = ImageFont.load_default()
-    text = f"{sample['__key__']}  class {meta['class']} ({meta['label']})  {meta['frames']} frames  RGB, TG x{TG_GAIN}"
+    font, caption_font = ImageFont.load_default(), ImageFont.load_default(size=12)  # at 10 px a space is 2 px wide
+    stored = "video (H.264)" if is_video(sample) else "frames (JPEG)"
+    text = (f"{sample['__key__']} | class {meta['class']} ({meta['label']}) | {meta['frames']} frames, stored as "
+            f"{stored} | RGB above, TG x{TG_GAIN} below")
     caption, (h, w) = 16, rgb.shape[1:3]
-    block = Image.new("RGB", (max(w * len(numbers), round(font.getlength(text)) + 8), caption + 2 * h), "black")
+    block = Image.new("RGB", (max(w * len(numbers), round(caption_font.getlength(text)) + 8), caption + 2 * h),
+                      "black")
     draw = ImageDraw.Draw(block)
-    draw.text((4, 2), text, fill="white", font=font)
+    draw.text((4, 1), text, fill="white", font=caption_font)
     for i, t in enumerate(numbers):
         block.paste(Image.fromarray(rgb[i]), (i * w, caption))
         block.paste(Image.fromarray(tg[i]), (i * w, caption + h))

@@ -35,6 +35,9 @@ MAX_PIXELS = 1 << 22
 # A baseline JPEG with its tables takes about 125 bytes at the very least (Pillow's smallest, 1x1 at quality
 # 1, is 630): a payload of N bytes cannot hold more than N / 100 frames, whatever the .json says.
 MIN_JPEG_BYTES = 100
+# A shard from a remote place is fetched whole into the node cache: an index entry or a listing claiming more
+# than this is refused before a byte is fetched (a shard of 100 ten-minute videos is about 50 GB).
+MAX_SHARD_BYTES = 1 << 40
 # Class numbers: Kinetics-700 has 700 classes; more than this is not a label but a number out of range.
 MAX_CLASSES = 100_000
 
@@ -67,11 +70,16 @@ def parse_json(raw: bytes | memoryview | str, limit: int, depth: int | None = MA
     return value
 
 
-def read_json(path, limit: int, depth: int | None = MAX_JSON_DEPTH):
-    """A JSON file, parsed by parse_json after a stat: a file over the limit is never read."""
+def read_bytes(path, limit: int) -> bytes:
+    """A file's bytes after a stat: a file over the limit is never read."""
     with open(path, "rb") as f:
         check_size(os.fstat(f.fileno()).st_size, limit)
-        return parse_json(f.read(limit + 1), limit, depth)
+        return f.read(limit + 1)
+
+
+def read_json(path, limit: int, depth: int | None = MAX_JSON_DEPTH):
+    """A JSON file, parsed by parse_json after a stat: a file over the limit is never read."""
+    return parse_json(read_bytes(path, limit), limit, depth)
 
 
 def nesting(value) -> int:

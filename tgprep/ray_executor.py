@@ -6,7 +6,8 @@ Each shard task is a Ray task (`_run_shard`). Ray retries it when its worker pro
 rule as the local executor (tgprep.executor.Strikes), which videos to record as failed instead of decoding.
 The driver polls that actor for progress (the same bar as a local build) and cancels, with
 ray.cancel(force=True), an attempt that has said nothing for --timeout seconds, then submits it again.
-Output goes to --out, which every node must see (a shared file system); dataset.json is the driver's.
+Output goes to --out: a bucket, which each task uploads its own shard to (tgprep.build._shard_work stages it on the
+task's node), or a folder every node sees (a shared file system); dataset.json is the driver's.
 """
 
 import logging
@@ -98,6 +99,8 @@ class RayExecutor:
             return []
         if not ray.is_initialized():
             _check_answers(self.address or os.environ.get("RAY_ADDRESS"))
+            # Ray warns on every start whether token authentication is on; its defaults stand, the notice goes
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:

@@ -12,6 +12,7 @@ from tgprep import limits
 from tgprep.shards import SETS
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHARD_NAME = re.compile(rf"({'|'.join(SETS)})-[0-9]{{6,}}\.tar")
 
 
 def read_dataset(path: Path) -> dict:
@@ -34,9 +35,26 @@ def check_dataset(value) -> None:
         limits.count(videos.get(name), f"'videos' {name!r}")
     _require(value.get("status") in ("planned", "complete"), "'status' is neither 'planned' nor 'complete'")
     shards = value.get("shards")
-    _require(shards is None or (isinstance(shards, list) and all(
-        isinstance(s, dict) and isinstance(s.get("shard"), str) for s in shards)),
-        "'shards' is not a list of shard entries")
+    _require(shards is None or isinstance(shards, list), "'shards' is not a list of shard entries")
+    for entry in shards or []:
+        check_entry(entry)
+    names = [entry["shard"] for entry in shards or []]
+    _require(len(set(names)) == len(names), "'shards' names a shard twice")
+
+
+def check_entry(entry) -> None:
+    """One shard of dataset.json's list, which remote readers take as the index: its name is a plain shard name
+    (never a path), its set the name's, and its bytes within what a reader fetches."""
+    _require(isinstance(entry, dict) and isinstance(entry.get("shard"), str)
+             and _SHARD_NAME.fullmatch(entry["shard"]) is not None,
+             "'shards' has an entry whose 'shard' is not a name such as labeled-000000.tar")
+    name = entry["shard"]
+    _require(entry.get("set") == name.rsplit("-", 1)[0], f"shard {name}: 'set' is not {name.rsplit('-', 1)[0]!r}")
+    for field in ("samples", "frames"):
+        limits.count(entry.get(field), f"shard {name}: {field!r}")
+    limits.count(entry.get("bytes"), f"shard {name}: 'bytes'", high=limits.MAX_SHARD_BYTES)
+    _require(isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"]) is not None,
+             f"shard {name}: 'sha256' is not 64 hex digits")
 
 
 def read_sidecar(path: Path) -> dict:
@@ -49,8 +67,9 @@ def read_sidecar(path: Path) -> dict:
 def check_sidecar(value) -> None:
     _require(isinstance(value, dict), "not a JSON object")
     _require(isinstance(value.get("shard"), str), "'shard' is not a file name")
-    for name in ("samples", "frames", "bytes"):
+    for name in ("samples", "frames"):
         limits.count(value.get(name), repr(name))
+    limits.count(value.get("bytes"), "'bytes'", high=limits.MAX_SHARD_BYTES)
     _require(isinstance(value.get("sha256"), str) and _SHA256.fullmatch(value["sha256"]) is not None,
              "'sha256' is not 64 hex digits")
     keys = value.get("keys")

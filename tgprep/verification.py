@@ -3,29 +3,36 @@
 from pathlib import Path
 
 from tgprep import schema
-from tgprep.inspection import ShardError, iter_samples, set_name, shard_paths
+from tgprep.inspection import Shard, ShardError, iter_samples, set_name
+from tgprep.locate import find_shards
 from tgprep.sample import SampleError, decode_frames, read_cls
 from tgprep.video_decode import check_decodes
 from tgprep.video_sample import is_video, read_meta
 from tgprep.shards import SETS, file_sha256
+from tgprep.storage.index import Storage
+from tgprep.storage.place import StorageError
 
 MAX_PROBLEMS = 20   # verify lists this many problems, then only counts the rest
 
-def verify(path: Path) -> list[str]:
-    """Re-read every shard under PATH and return its problems, one line each ("shard: problem"); [] is good.
+def verify(path, storage: Storage = Storage()) -> list[str]:
+    """Re-read every shard under PATH (a folder or a URL) and return its problems, one line each ("shard: problem");
+    [] is good.
 
     dataset.json (of PATH, or beside the shards) and every sidecar are checked against their schema, and every
     sample's label against dataset.json's classes. Every shard is checked to the end; past MAX_PROBLEMS the rest
-    are only counted, in a last line.
+    are only counted, in a last line. A URL's shards are those its dataset.json lists, fetched through the node
+    cache one at a time.
     """
-    path = Path(path)
-    paths = shard_paths(path)
-    root = path if path.is_dir() else paths[0].parent
-    dataset, problems = read_dataset(root)
-    problems += lost_shards(root, dataset) if path.is_dir() else []
+    shards, dataset = find_shards(path, storage)
+    problems = []
+    if dataset is None:  # a local path
+        path = Path(path)
+        root = path if path.is_dir() else Path(shards[0].where).parent
+        dataset, problems = read_dataset(root)
+        problems += lost_shards(root, dataset) if path.is_dir() else []
     classes = dataset["classes"] if dataset else None
-    for tar_path in paths:
-        problems += check_shard(tar_path, classes)
+    for shard in shards:
+        problems += check_shard(shard, classes)
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
     return problems
@@ -50,36 +57,45 @@ def lost_shards(root: Path, dataset: dict | None) -> list[str]:
             if not (root / tar).is_file()]
 
 
-def check_shard(tar_path: Path, classes: list[str] | None = None) -> list[str]:
+def check_shard(shard: Shard, classes: list[str] | None = None) -> list[str]:
     """The problems of one shard: against its sidecar (schema, bytes, sha256, keys), and every sample read back
     whole, its label checked against classes when they are known."""
-    name = tar_path.name
+    name, side = shard.name, shard.name.removesuffix(".tar") + ".json"
     problems = []
     try:
-        sidecar = schema.read_sidecar(tar_path.with_suffix(".json"))
+        sidecar = shard.sidecar()
     except FileNotFoundError:
         sidecar = None
-        problems.append(f"{name}: no readable sidecar {tar_path.with_suffix('.json').name} "
-                        "(the build did not finish it); run the build again")
+        problems.append(f"{name}: no readable sidecar {side} (the build did not finish it); run the build again")
     except (OSError, ValueError) as e:
         sidecar = None
-        problems.append(f"{name}: sidecar {tar_path.with_suffix('.json').name}: {e}; run the build again")
-    if sidecar is not None:
-        size, digest = tar_path.stat().st_size, file_sha256(tar_path)
-        if size != sidecar["bytes"]:
-            problems.append(f"{name}: {size} bytes, the sidecar records {sidecar['bytes']}")
-        if digest != sidecar["sha256"]:
-            problems.append(f"{name}: sha256 {digest[:12]}... differs from the sidecar's {sidecar['sha256'][:12]}...")
-    keys = []
+        problems.append(f"{name}: sidecar {side}: {e}; run the build again")
     try:
-        for sample in iter_samples(tar_path):
-            keys.append(sample["__key__"])
-            problems += [f"{name}: {sample['__key__']}: {p}" for p in check_sample(sample, set_name(tar_path), classes)]
+        with shard.local() as tar_path:
+            problems += _against_sidecar(name, tar_path, sidecar)
+            keys = []
+            for sample in iter_samples(tar_path, shard.where):
+                keys.append(sample["__key__"])
+                problems += [f"{name}: {sample['__key__']}: {p}"
+                             for p in check_sample(sample, set_name(name), classes)]
     except ShardError as e:
-        return problems + [f"{name}: {str(e).removeprefix(str(tar_path) + ': ')}"]
+        return problems + [f"{name}: {str(e).removeprefix(shard.where + ': ')}"]
+    except StorageError as e:  # a remote shard that could not be fetched whole and as its index records it
+        return problems + [str(e)]
     if sidecar is not None and keys != sidecar["keys"]:
         problems.append(f"{name}: holds {len(keys)} samples, the sidecar lists {len(sidecar['keys'])} "
                         f"({_first_difference(keys, sidecar['keys'])})")
+    return problems
+
+
+def _against_sidecar(name: str, tar_path: Path, sidecar: dict | None) -> list[str]:
+    if sidecar is None:
+        return []
+    size, digest, problems = tar_path.stat().st_size, file_sha256(tar_path), []
+    if size != sidecar["bytes"]:
+        problems.append(f"{name}: {size} bytes, the sidecar records {sidecar['bytes']}")
+    if digest != sidecar["sha256"]:
+        problems.append(f"{name}: sha256 {digest[:12]}... differs from the sidecar's {sidecar['sha256'][:12]}...")
     return problems
 
 

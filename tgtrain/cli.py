@@ -1,14 +1,17 @@
-"""The `tgtrain` command line: run (train), eval and predict. Parse, call one library function, print."""
+"""The `tgtrain` command line: run (train), config, eval, predict and export. Parse, call one library function,
+print."""
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from tgprep.errors import OneLineErrors
+from tgprep.errors import OneLineErrors, UserError
 from tgprep.sample import SampleError
+from tgprep.storage.options import storage_options
 from tgtrain import engine
-from tgtrain.config import ALIASES, DEVICES, METHODS, PRESETS, make_config, to_toml
+from tgtrain.config import ALIASES, DEVICES, METHODS, PRESETS, RANGES, resolve_config, to_toml
 
 
 RESUME = "`tgtrain run ... --resume` continues from the last finished epoch"
@@ -47,9 +50,13 @@ def main():
 
     \b
     tgtrain run --data shards/hmdb51-40 --preset hmdb51 --out runs/ltg  # train (torchrun for DDP)
+    tgtrain run --data shards/synthetic --preset tiny --epochs 2        # a short try: the schedule scales
+    tensorboard --logdir runs                                           # watch the runs
     tgtrain config --preset ucf101                                      # the settings a run would use
-    tgtrain eval --ckpt runs/ltg/best.pt --data shards/hmdb51-40        # 10 clips x 3 crops, RGB only
+    tgtrain eval --ckpt runs/ltg/best.pt --data shards/hmdb51-40 --png confusion.png  # RGB only
+    tgtrain predict --ckpt runs/ltg/best.pt --video a.mp4 b.avi         # top-5 classes per file
     tgtrain predict --ckpt runs/ltg/best.pt --data shards/hmdb51-40 --out preds.h5
+    tgtrain export --ckpt runs/ltg/best.pt --out model.pt2              # for torch.export.load, no tgtrain
     """
 
 
@@ -72,26 +79,32 @@ def recipe_options(command):
 
 
 @main.command()
-@click.option("--data", required=True, help="A `tgprep build` output folder.")
+@click.option("--data", help="A `tgprep build` output: a folder, or an s3://, gs:// or http(s):// URL [default: the "
+              "--config file's data].")
+@storage_options()
 @click.option("--out", help="Run folder [default: runs/latest].")
 @click.option("--method", type=click.Choice(METHODS), help="ltg (the paper), fixmatch or supervised [default: ltg].")
 @recipe_options
-@click.option("--epochs", type=int, help="Total epochs; the warm-up and supervised epochs stay the preset's "
-              "(--set warmup_epochs=N --set supervised_epochs=N).")
+@click.option("--epochs", type=int, help="Total epochs; the warm-up and supervised epochs not set otherwise scale "
+              "with it, in the preset's proportions (a note says the values).")
 @click.option("--batch-size", type=int, help="Labeled clips per step per process (the unlabeled batch is as large).")
 @click.option("--lr", type=float, help="Learning rate for lr_clips clips per step, scaled to the real batch.")
 @click.option("--workers", type=int, help="Data-loading processes per training process.")
 @click.option("--device", type=click.Choice(DEVICES))
 @click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-def run(preset, config_file, settings, resume, **flags):
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out (a run folder is refused otherwise).")
+def run(preset, config_file, settings, resume, overwrite, storage, **flags):
     """Train; under `torchrun --nproc-per-node N -m tgtrain run ...` with DDP.
 
     Settings: defaults <- --preset <- --config <- --set <- the flags below. Writes config.toml, metrics.jsonl,
-    curves.png, last.pt and best.pt into --out.
+    TensorBoard events (`tensorboard --logdir` on --out or its parent), curves.png, last.pt and best.pt into --out,
+    which it holds alone while it runs.
     """
-    config = make_config(preset, config_file, settings, **flags)
-    done = engine.train(config, resume=resume)
+    config = resolved(preset, config_file, settings, **flags)
+    if not config.data:
+        raise UserError("give --data: the output of `tgprep build` (or data = ... in the --config file)")
+    done = engine.train(config, resume=resume, overwrite=overwrite, storage=storage)
     if done["rank"] == 0:
         click.echo(f"{done['method']}: best val top-1 {done['best_top1']:.1f} % at epoch {done['best_epoch']} "
                    f"(chance {100 * done['chance']:.1f} %), {done['epochs']} epochs in {done['minutes']:.1f} min; "
@@ -107,28 +120,49 @@ def config_command(preset, config_file, settings):
     tgtrain config --preset ucf101 > ucf101.toml
     tgtrain config --preset ucf101 --set epochs=100 --set warmup_epochs=20
     """
-    click.echo(to_toml(make_config(preset, config_file, settings)), nl=False)
+    click.echo(to_toml(resolved(preset, config_file, settings)), nl=False)
 
 
-def checkpoint_options(command):
+def resolved(preset, config_file, settings, **flags):
+    """The config; the note on a schedule scaled to the epochs given goes to stderr, beside the output."""
+    config, note = resolve_config(preset, config_file, settings, **flags)
+    if note and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        click.echo(f"note: {note}", err=True)
+    return config
+
+
+CKPT = click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="A tgtrain checkpoint (best.pt).")
+
+
+def view_options(command):
+    """How a video is viewed and the work batched: the same for eval and predict."""
     for option in reversed([
-        click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="A tgtrain checkpoint (best.pt)."),
-        click.option("--data", required=True, type=click.Path(path_type=Path), help="A `tgprep build` output folder."),
-        click.option("--clips", type=int, help="Uniform clips per video [default: the run's test_clips, 10]."),
+        click.option("--clips", type=click.IntRange(*RANGES["test_clips"]),
+                     help="Uniform clips per video [default: the run's test_clips, 10]."),
         click.option("--crops", type=click.Choice(["1", "3"]),
                      help="Squares per clip along the long side [default: the run's test_crops, 3]."),
-        click.option("--batch-size", default=4, show_default=True, help="Videos per batch."),
-        click.option("--workers", default=2, show_default=True),
+        click.option("--batch-size", default=4, show_default=True, type=click.IntRange(*RANGES["batch_size"]),
+                     help="Videos per batch (shards)."),
+        click.option("--workers", default=2, show_default=True, type=click.IntRange(*RANGES["workers"]),
+                     help="Data-loading processes (shards)."),
         click.option("--device", default="auto", type=click.Choice(DEVICES), show_default=True),
     ]):
         command = option(command)
     return command
 
 
+DATA = "A `tgprep build` output: a folder, or an s3://, gs:// or http(s):// URL."
+
+
 @main.command(name="eval")
-@checkpoint_options
+@CKPT
+@click.option("--data", required=True, help=DATA)
+@storage_options()
+@view_options
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw the confusion matrix (rows normalised, classes named) into this PNG file.")
 def eval_command(**options):
-    """RGB-only accuracy on the val shards: top-1, top-5 and a per-class table.
+    """RGB-only accuracy on the val shards: top-1, top-5, mean class accuracy and a per-class table.
 
     Views as the run's test_views (full loaded squares, or their centre crops at the training size); a checkpoint
     saved without PreciseBN gets it first, on the data's training pool.
@@ -137,9 +171,54 @@ def eval_command(**options):
 
 
 @main.command()
-@checkpoint_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HDF5 file to write.")
-def predict(out, **options):
-    """Per-video scores and pooled features of the val shards to HDF5, for analysis and ensembling."""
-    count = engine.predict_checkpoint(out=out, **options)
+@CKPT
+@click.option("--data", help=DATA)
+@storage_options()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HDF5 file to write (with --data).")
+@click.option("--video", "video_files", is_flag=True,
+              help="Classify the video files given as arguments instead: top-5 classes per file.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --video: also write the results to this JSON file.")
+@view_options
+@click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
+def predict(data, out, video_files, json_file, videos, storage, **options):
+    """Per-video scores and pooled features of the val shards to HDF5 (--data, --out), or the top-5 classes of
+    video files (--video FILE ...).
+
+    \b
+    tgtrain predict --ckpt runs/ltg/best.pt --data shards/hmdb51-40 --out preds.h5
+    tgtrain predict --ckpt runs/ltg/best.pt --video a.mp4 b.avi --json top5.json
+
+    Files are decoded as the training data was built (its short side and frame rate, which the checkpoint
+    records) and viewed as `tgtrain eval` views the val videos; no shards are needed.
+    """
+    if video_files:
+        if not videos or data or out:
+            raise UserError("--video classifies the video files given after it, without --data or --out: "
+                            "tgtrain predict --ckpt best.pt --video a.mp4 b.avi")
+        from tgtrain.classify import classify, format_result, write_json
+
+        results = []
+        for result in classify(options["ckpt"], list(videos), options["clips"], options["crops"], options["device"]):
+            click.echo(format_result(result))
+            results.append(result)
+        if json_file:
+            write_json(json_file, options["ckpt"], results)
+        return
+    if videos or json_file or not (data and out):
+        raise UserError("give --data and --out to score the val shards, or --video FILE ... to classify files")
+    count = engine.predict_checkpoint(data=data, out=out, storage=storage, **options)
     click.echo(f"wrote {count} videos to {out}")
+
+
+@main.command(name="export")
+@CKPT
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write, e.g. model.pt2.")
+def export_command(ckpt, out):
+    """The RGB network as a torch.export program, loadable by torch.export.load without tgtrain: uint8 clips in,
+    logits out, the normalisation inside, the class names and how to call it stored with it."""
+    from tgtrain.export import export
+
+    text = export(ckpt, out)
+    click.echo(f"wrote {out}\n\n{text}", nl=False)

@@ -90,3 +90,21 @@ def resized_crop(frames: np.ndarray, box: tuple[int, int, int, int], size: int, 
 def crop_square(frames: np.ndarray, where: float, size: int) -> np.ndarray:
     """(T, H, W, 3) -> (T, size, size, 3): the short side's square at `where` (see square_box), resized to size."""
     return resized_crop(frames, square_box(*frames.shape[1:3], where), size)
+
+
+SQUARES = {1: (0.5,), 3: (0.0, 0.5, 1.0)}  # test crops -> where their squares lie along the long side
+
+
+def test_views(frames_at, n: int, clip_len: int, interval: int, clips: int, crops: int, size: int) -> np.ndarray:
+    """A video's test views, uint8 (crops * clips, clip_len, size, size, 3), view v = crop * clips + clip: `clips`
+    uniform clips (test_indices) of its n frames, each as `crops` squares of the short side resized to size.
+    frames_at(indices) returns the video's frames at those sorted, distinct numbers, so that each frame is decoded
+    once for all clips and cropped once per square; the views are gathered from them with one copy."""
+    indices = np.stack(test_indices(n, clip_len, interval, clips))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    frames = frames_at(unique)
+    views = np.empty((len(SQUARES[crops]), *indices.shape, size, size, 3), np.uint8)
+    for view, position in zip(views, SQUARES[crops]):
+        np.take(crop_square(frames, position, size), inverse.reshape(indices.shape), axis=0, out=view,
+                mode="clip")  # "clip": unbuffered; the indices are in range anyway
+    return views.reshape(-1, *views.shape[2:])

@@ -2,12 +2,15 @@
 
 A stream is a chain of small generators, run once per DataLoader worker:
 
-  train: resampled shards (seeded per rank, worker and pass)
+  train: resampled shards (seeded per rank, worker and pass) -> fetched
          -> samples -> shuffle buffer -> clip (decode only its frames) -> random resized crop, flip -> batch
-  eval:  the shards split by rank and by worker -> samples -> clips x crops -> batch
+  eval:  the shards split by rank and by worker -> fetched -> samples -> clips x crops -> batch
+
+fetched passes local tars on and brings remote ones (s3://, gs://, http(s)://) into the node cache first, whole and
+checked, the next one while this one is read (tgprep.storage): after it, every shard is a local file, read the same.
 
 The stages follow webdataset's, with two of its parts replaced, for measured reasons:
-- Shards are read memory-mapped: a sample's frame payloads are views of the tar that the disk delivers only
+- Shards are read memory-mapped (tgtrain.shards): a sample's frame payloads are views of the tar that the disk delivers only
   when a clip slices its JPEGs out of them, so a clip reads its 16 frames, not the whole video, and the
   shuffle buffer holds views, not megabytes. On shards of the real clips: 0.1 ms per sample against 9.6 ms
   for webdataset's tar reader, which reads and copies every byte; 9 ms against 18 ms per clip with decoding.
@@ -26,60 +29,23 @@ among its workers, so ranks under DDP take the same number of steps whatever the
 are untrusted: they are parsed by tgprep.sample, never unpickled, and a malformed sample raises SampleError.
 """
 
-import mmap
 import os
-import tarfile
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tgprep import limits, schema
-from tgprep.errors import UserError
-from tgprep.sample import FIELDS, SampleError, decode_frames, read_cls
+from tgprep.sample import SampleError, decode_frames, read_cls
 from tgprep.video_decode import clip_frames
 from tgprep.video_sample import is_video, read_meta  # read_meta reads both kinds of sample
 from tgtrain import shared_batches
-from tgtrain.clips import choose_reduce, crop_box, crop_square, resized_crop, test_indices, train_indices
+from tgtrain.clips import choose_reduce, crop_box, resized_crop, test_views, train_indices
+from tgtrain.shards import FIX, fetched, shard_urls, tar_samples  # noqa: F401 (shard_urls: callers find it here)
 
 WORKER_TIMEOUT = 600  # seconds to wait for a batch from a loader worker, which makes one in well under a second
-FIX = "re-run `tgprep build` (it resumes), or check the output with `tgprep verify`"
-
-
-# -- shards ------------------------------------------------------------------------------------------------
-
-def shard_urls(data: Path, set_name: str) -> list[str]:
-    """The tars of one set ("labeled", "unlabeled", "val") that tgprep build finished, checked against their
-    sidecars; shards that hold no sample are left out. Any problem is a one-line UserError."""
-    data = Path(data)
-    if not data.is_dir():
-        raise UserError(f"{data}: no such folder; give the output folder of `tgprep build`")
-    urls = [str(tar) for tar in sorted(data.glob(f"{set_name}-[0-9]*.tar")) if finished_samples(tar) > 0]
-    if not urls:
-        raise UserError(f"{data}: no {set_name} shards ({set_name}-000000.tar ...) with samples; "
-                        "is this the output folder of a finished `tgprep build`?")
-    return urls
-
-
-def finished_samples(tar: Path) -> int:
-    """The sample count in the .json that tgprep writes after its tar, once checked to describe this very tar."""
-    side = tar.with_suffix(".json")
-    if not tar.is_file():  # a FIFO or a device would block the reader
-        raise UserError(f"{tar}: not a regular file, so not a shard; delete it, then {FIX}")
-    try:
-        info = schema.read_sidecar(side)
-    except FileNotFoundError:
-        raise UserError(f"{tar}: no sidecar {side.name}, so the build did not finish this shard; {FIX}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{side}: not a readable shard sidecar ({e}); {FIX}") from None
-    size = tar.stat().st_size
-    if size != info["bytes"]:
-        raise UserError(f"{tar}: {size} bytes but its sidecar says {info['bytes']}: the shard is truncated or was "
-                        f"changed; delete {tar.name} and {side.name}, then {FIX}")
-    return info["samples"]
+SHUFFLE = 256         # samples in a training stream's shuffle buffer
 
 
 # -- frames ------------------------------------------------------------------------------------------------
@@ -110,40 +76,6 @@ def resampled(urls: list[str], rng: np.random.Generator):
     sample comes as often as any other, whatever the shard sizes."""
     while True:
         yield {"url": urls[rng.integers(len(urls))]}
-
-
-def tar_samples(shards):
-    """The samples of local tars, in order: "__key__", "__url__", and the sample fields ("json", "cls", "rgb",
-    "tg") as memoryviews of the memory-mapped tar, read only when used. Other members are skipped."""
-    for shard in shards:
-        url = shard["url"]
-        try:
-            yield from _mapped_samples(url)
-        except (tarfile.TarError, OSError, ValueError) as e:  # ValueError: an empty file, pax numbers
-            raise e if isinstance(e, SampleError) else SampleError(f"{url}: not a readable tar ({e}); {FIX}") from None
-
-
-def _mapped_samples(url: str):
-    with limits.BoundedFile(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))  # outlives f: mmap keeps its own fd
-        sample = {}
-        for member in tar:  # reads the headers only, seeking over the data
-            key, _, field = member.name.partition(".")
-            if not member.isfile() or field not in FIELDS:
-                continue
-            try:
-                limits.check_member(field, member.offset_data, member.size, len(data))
-            except ValueError as e:
-                raise SampleError(f"{url}: member {member.name} {e}; {FIX}") from None
-            if sample and key != sample["__key__"]:
-                yield sample
-                sample = {}
-            if field in sample:
-                raise SampleError(f"{url}: sample {key} has two .{field} members")
-            sample.update({"__key__": key, "__url__": url, field: data[member.offset_data:][:member.size]})
-        if not sample:  # resampling a shard without samples would loop forever
-            raise SampleError(f"{url}: holds no sample fields (.json, .cls, .rgb, .tg); {FIX}")
-        yield sample
 
 
 def shuffled(items, size: int, rng: np.random.Generator):
@@ -219,8 +151,11 @@ class TrainStream(IterableDataset):
     def __iter__(self):
         number, workers = worker()
         rng = np.random.default_rng([self.seed, self.rank, number, self.epoch])
+        # shards drawn from a generator of their own: fetched draws the next one ahead of time, and must not change
+        # what the shuffle and the clips draw, so that remote shards give the batches the same local ones do
+        draws = np.random.default_rng([self.seed, self.rank, number, self.epoch, 1])
         self.epoch += 1
-        samples = shuffled(tar_samples(resampled(self.urls, rng)), self.shuffle, rng)
+        samples = shuffled(tar_samples(fetched(resampled(self.urls, draws))), self.shuffle, rng)
         clips = (self.clip(sample, rng) for sample in samples)
         batches = batched(clips, self.batch_size, partial=False)
         for batch in islice(batches, share(self.epoch_batches, number, workers)):
@@ -248,7 +183,7 @@ class TrainStream(IterableDataset):
 
 def train_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, reduce: int | None = None,
                  area=(0.08, 1.0), modalities=("rgb", "tg"), labeled: bool, epoch_batches: int, seed: int,
-                 shuffle: int = 256, epoch: int = 0, classes: int | None = None) -> IterableDataset:
+                 shuffle: int = SHUFFLE, epoch: int = 0, classes: int | None = None) -> IterableDataset:
     """Training batches from resampled shards: "rgb" (and "tg" when in modalities) uint8 (B, T, S, S, 3),
     "label" int64 (B,) from .cls or -1 when not labeled, "true_label" int64 (B,) from the .json (monitoring
     only), "key" list[str].
@@ -281,13 +216,13 @@ class EvalStream(IterableDataset):
         self.urls = list(urls)[rank::world]
         self.batch_size, self.clip_len, self.interval, self.size, self.reduce = (
             batch_size, clip_len, interval, size, reduce)
-        self.clips, self.positions = clips, (0.5,) if crops == 1 else (0.0, 0.5, 1.0)
+        self.clips, self.crops = clips, crops
         self.modality, self.classes = modality, classes
 
     def __iter__(self):
         number, workers = worker()
         shards = ({"url": url} for url in self.urls[number::workers])
-        views = (self.views(sample) for sample in tar_samples(shards))
+        views = (self.views(sample) for sample in tar_samples(fetched(shards)))
         for batch in batched(views, self.batch_size, partial=True):
             yield collate(batch, (self.modality,))
 
@@ -297,19 +232,17 @@ class EvalStream(IterableDataset):
             n = meta["tg_frames"] if self.modality == "tg" else meta["frames"]
             if n < 1:
                 raise SampleError(f"sample {sample['__key__']}: no frames")
-            indices = np.stack(test_indices(n, self.clip_len, self.interval, self.clips))
-            # decode each distinct frame once for all clips, crop it once per position, gather with one copy
-            unique, inverse = np.unique(indices, return_inverse=True)
             reduce = reduce_for(meta, self.size, self.reduce)
-            frames = (clip_frames(sample, meta, unique, (self.modality,))[self.modality] if is_video(sample)
-                      else decode_frames(sample, self.modality, unique.tolist(), reduce, meta))
-            views = np.empty((len(self.positions), *indices.shape, self.size, self.size, 3), np.uint8)
-            for view, position in zip(views, self.positions):
-                np.take(crop_square(frames, position, self.size), inverse.reshape(indices.shape), axis=0,
-                        out=view, mode="clip")  # "clip": unbuffered; the indices are in range anyway
+
+            def frames_at(unique):
+                if is_video(sample):
+                    return clip_frames(sample, meta, unique, (self.modality,))[self.modality]
+                return decode_frames(sample, self.modality, unique.tolist(), reduce, meta)
+
+            views = test_views(frames_at, n, self.clip_len, self.interval, self.clips, self.crops, self.size)
         except SampleError as e:
             raise in_shard(sample, e) from None
-        return {self.modality: views.reshape(-1, *views.shape[2:]), "label": label, "key": sample["__key__"]}
+        return {self.modality: views, "label": label, "key": sample["__key__"]}
 
 
 def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: int, clips: int, crops: int,
@@ -325,7 +258,40 @@ def eval_stream(urls, *, batch_size: int, clip_len: int, interval: int, size: in
 def loader(stream: IterableDataset, workers: int, timeout: float = WORKER_TIMEOUT) -> DataLoader:
     """A DataLoader over a stream that batches itself; workers persist, so each keeps its pass counter. A batch
     that takes longer than `timeout` seconds raises (a worker stuck in a read), where torch would wait forever.
-    No pin_memory: on CUDA the batches' slots are page-locked themselves (tgtrain.shared_batches), and torch's pin
-    thread would copy every batch out of them."""
-    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                      timeout=timeout if workers > 0 else 0)
+    On CUDA, torch's pin_memory thread receives each batch, off the training thread (its file descriptor comes over
+    a socket from the worker); the batches' slots are page-locked already (tgtrain.shared_batches), so it copies
+    nothing: pin_memory() returns a pinned tensor as it is."""
+    return Loader(stream, workers, timeout)
+
+
+POLL = 5.0  # seconds between torch's checks that the workers live, while a batch is awaited
+
+
+class Loader(DataLoader):
+    """A DataLoader that waits for each batch in slices of POLL seconds, up to `patience` in all.
+
+    At the end of each slice torch checks that every worker is alive. Its SIGCHLD handler alone misses a worker that
+    dies while the loader is still starting the others, and a single wait of `patience` seconds would then sit out
+    that death for ten minutes."""
+
+    def __init__(self, stream: IterableDataset, workers: int, patience: float):
+        super().__init__(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                         persistent_workers=workers > 0, timeout=min(POLL, patience) if workers > 0 else 0)
+        self.patience = patience
+
+    def __iter__(self):
+        batches, waited = super().__iter__(), 0.0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:  # torch's iterator is whole after a timeout: the next call waits on
+                if not str(e).startswith("DataLoader timed out"):
+                    raise
+                waited += self.timeout
+                if waited >= self.patience:
+                    raise RuntimeError(f"DataLoader timed out after {self.patience:g} seconds") from None
+                continue
+            waited = 0.0
+            yield batch

@@ -6,7 +6,6 @@ for the run (tgtrain.loaders), and a checkpoint is written at the end of every e
 where an uninterrupted run would be.
 """
 
-import json
 import math
 import os
 import sys
@@ -19,37 +18,48 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tgprep import schema
 from tgprep.errors import UserError
-from tgtrain import data, execution, precise_bn, waiting
-from tgtrain.checkpoint import checkpoint_config, load_checkpoint, load_weights, read_checkpoint, save_checkpoint
-from tgtrain.config import PRESETS, TrainConfig, to_toml
-from tgtrain.curves import plot_curves
+from tgprep.storage.index import Storage
+from tgtrain import data, execution, precise_bn, run_folder, waiting
+from tgtrain.checkpoint import input_spec, load_checkpoint, save_checkpoint, trained_rgb
+from tgtrain.config import PRESETS, TrainConfig
 from tgtrain.evaluate import evaluate, format_report, write_predictions
 from tgtrain.loaders import RunLoaders, precise_bn_stream
 from tgtrain.methods import build_method
+from tgtrain.plots import plot_confusion
+from tgtrain.records import RunLog, StepStats, epoch_line
+from tgtrain.shards import Data
 
 
-LOG_EVERY = 20  # steps between reads of the step statistics: each read waits for the device to catch up
+LOG_EVERY = 20  # at most this many steps between step records: each read of the statistics waits for the device
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, storage: Storage = Storage()) -> dict:
+    """A whole run into config.out, which it holds alone (tgtrain.run_folder): resumed from its last.pt, or
+    replacing the run there (overwrite), or into a folder that holds no run. storage: how to reach remote data."""
     rank, world, device = setup_distributed(config.device)
+    with run_folder.claimed(Path(config.out), resume, overwrite, rank, world):
+        return _train(config, resume, storage, rank, world, device)
+
+
+def _train(config: TrainConfig, resume: bool, storage: Storage, rank: int, world: int, device) -> dict:
     _, autocast = device_and_autocast(device.type)
     if device.type == "cpu":
         share_cpu(world)
-    out, root = Path(config.out), Path(config.data)
-    dataset = read_dataset(root)
+    out, root = Path(config.out), config.data
+    source = Data(root, storage)  # a folder, or a URL whose shards come through the node cache
+    dataset = source.dataset
     classes = dataset["classes"]
     built_from = dataset.get("config", {}).get("dataset")
     if rank == 0 and built_from in PRESETS and config.preset not in (built_from, "tiny"):
         print(f"warning: {root} is a {built_from} build, trained with the {config.preset} preset's recipe; "
               f"--preset {built_from} gives {built_from}'s", file=sys.stderr)
-    labeled_urls, pool_urls = data.shard_urls(root, "labeled"), pool_shards(root, dataset)
-    val_urls = data.shard_urls(root, "val")
+    labeled_urls, pool_urls = source.shards("labeled"), pool_shards(source)
+    val_urls = source.shards("val")
 
     torch.manual_seed(config.seed)  # the initial weights: the same for every rank, and for a run and its resumption
     method = build_method(config, len(classes)).to(device)
+    source.check_cache(streams=2 + method.uses_unlabeled, workers=config.workers, shuffle=data.SHUFFLE)  # + val
     if world > 1 and device.type == "cuda" and config.sync_bn:  # BN over the global batch, as the reference
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     execution.prepare(networks(method), config.compile, config.channels_last)
@@ -61,17 +71,15 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1}
     if resume:
         state = load_checkpoint(out / "last.pt", method, optimizer)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml(config))
-        if not resume:  # a fresh run starts a fresh log
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+    log = RunLog(out, config, state, len(classes), rank)  # metrics.jsonl and TensorBoard, cut back to state's epoch
+    state["input"] = input_spec(dataset)  # for predict --video and export, which have no shards
 
     counts = dataset["videos"]
     stream_videos = counts["labeled"] + counts["unlabeled"] if method.uses_unlabeled else counts["labeled"]
     steps = max(1, math.ceil(stream_videos / (config.batch_size * world)))  # per epoch, the same on every rank
     clips_per_step = config.batch_size * world * (2 if method.uses_unlabeled else 1)
     peak_lr = config.lr * clips_per_step / config.lr_clips  # the reference's 0.2 is for 8 GPUs' clips per step
+    every = max(1, min(LOG_EVERY, steps // 10))  # so that a step record or ten draw each epoch's curves
 
     start = state["epoch"]
     loaders = RunLoaders(config, method, labeled_urls, pool_urls, val_urls, steps, start, len(classes),
@@ -94,55 +102,49 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             labeled, unlabeled = to_device(labeled, device), to_device(unlabeled, device)
             sums.add(train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast,
                                 config.clip_grad))
-            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
-                bar.set_postfix_str(f"loss {sums.latest('loss'):.3f} lr {lr:.4f} "
-                                    f"{clips_per_step * (step + 1) / (time.perf_counter() - tick):.1f} clips/s")
+            if (step + 1) % every == 0 or step + 1 == steps:
+                means = sums.window(clips_per_step)  # and clips_per_s, since the last window
+                log.step({"step": epoch * steps + step + 1, "at_epoch": epoch + (step + 1) / steps, "lr": lr, **means})
+                bar.set_postfix_str(f"loss {means['loss']:.3f} lr {lr:.4f} {means['clips_per_s']:.1f} clips/s")
         bar.close()
-        note = waiting.starved(batches.waited, time.perf_counter() - tick, config.workers)
+        seconds = time.perf_counter() - tick
+        note = waiting.starved(batches.waited, seconds, config.workers)
         if note and rank == 0 and not warned:
             print(note, file=sys.stderr)
             warned = True
         if epoch == start and rank == 0 and (compiled := execution.compile_note(config.compile)):
             print(compiled, file=sys.stderr)
-        record = {"epoch": epoch + 1, "lr": lr, **sums.means(),
-                  "clips_per_s": clips_per_step * steps / (time.perf_counter() - tick)}
+        record = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr, **sums.means(),
+                  "clips_per_s": clips_per_step * steps / seconds, "data_wait": batches.waited / seconds}
         precise_bn.average_across_ranks(method)
         state["precise_bn"] = precise_bn_due(config, epoch)  # recorded in the checkpoint
         if state["precise_bn"]:
+            started_bn = time.perf_counter()
             precise_bn.recompute(networks(method), loaders.precise_bn(), config.precise_bn_batches, config.size,
                                  device, autocast)
+            record["precise_bn_s"] = time.perf_counter() - started_bn
         if validating(config, epoch):
-            record["val_top1"] = validate(method.rgb, "rgb", loaders, config, device, autocast)
-            if hasattr(method, "tg"):  # the teacher's accuracy: inference never uses it
-                record["val_top1_tg"] = validate(method.tg, "tg", loaders, config, device, autocast)
+            for modality, net in networks(method).items():  # TG: the teacher's accuracy; inference never uses it
+                found = validate(net, modality, loaders, config, device, autocast)
+                suffix = "" if modality == "rgb" else f"_{modality}"
+                record.update({f"val_{key}{suffix}": found[key] for key in ("top1", "top5", "mean_class")})
             if record["val_top1"] > state["best"]:
                 state.update(best=record["val_top1"], best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
+        record["seconds"] = time.perf_counter() - tick
+        state["records"] = log.epoch(record)  # the checkpoint carries its epoch's records
         if rank == 0:
             tqdm.write(epoch_line(record, config.epochs), file=sys.stderr)  # progress, beside the bar
-            with open(out / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
             save_checkpoint(out, method, optimizer, config, classes, state, best=state["best_epoch"] == epoch + 1)
-            plot_curves(out / "metrics.jsonl", out / "curves.png")
+        log.commit()  # metrics.jsonl and curves.png, once the checkpoint is safe
+    log.close()
     summary = {"rank": rank, "method": config.method, "best_top1": state["best"], "best_epoch": state["best_epoch"],
                "chance": 1 / len(classes), "epochs": config.epochs, "minutes": (time.perf_counter() - started) / 60,
                "out": str(out)}
-    if world > 1:  # every rank done with every collective before any tears its group down
+    if dist.is_initialized():  # torchrun, even with one process: every rank done with every collective first
         dist.barrier()
         dist.destroy_process_group()
     return summary
-
-
-def epoch_line(record: dict, epochs: int) -> str:
-    """One line per epoch: the mean loss, val top-1 of RGB (and TG for ltg), and the pseudo-labels kept and right."""
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.3f}"]
-    if "val_top1" in record:
-        parts.append(f"val top-1 {record['val_top1']:.1f} %")
-    if "val_top1_tg" in record:
-        parts[-1] += f" (TG {record['val_top1_tg']:.1f} %)"
-    if "mask_rate" in record:
-        parts.append(f"pseudo-labels kept {100 * record['mask_rate']:.0f} %, right {100 * record['pseudo_acc']:.0f} %")
-    return " | ".join(parts)
 
 
 def train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, autocast, clip_grad) -> dict:
@@ -157,26 +159,6 @@ def train_step(model, optimizer, labeled, unlabeled, use_unlabeled, generator, a
     return {"loss": loss.detach(), **stats}
 
 
-class StepStats:
-    """Sums of the steps' statistics, kept on the device; read with one transfer when shown or logged."""
-
-    def __init__(self):
-        self.sums, self.last, self.steps = {}, {}, 0
-
-    def add(self, stats: dict) -> None:
-        for key, value in stats.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.last, self.steps = stats, self.steps + 1
-
-    def latest(self, key: str) -> float:
-        return float(self.last[key])
-
-    def means(self) -> dict:
-        values = torch.stack(list(self.sums.values())).tolist() if self.sums else []
-        return {key: value / self.steps for key, value in zip(self.sums, values)}
-
-
 def validating(config: TrainConfig, epoch: int) -> bool:
     """Whether the run validates after epoch `epoch` (0-based): every eval_every epochs, and after the last."""
     return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
@@ -187,10 +169,10 @@ def precise_bn_due(config: TrainConfig, epoch: int) -> bool:
     return config.precise_bn_batches > 0 and (validating(config, epoch) or (epoch + 1) % config.precise_bn_every == 0)
 
 
-def pool_shards(root: Path, dataset: dict) -> list[str]:
+def pool_shards(source: Data) -> list:
     """The whole training pool: labeled and unlabeled shards (the paper's unlabeled stream)."""
-    unlabeled = data.shard_urls(root, "unlabeled") if dataset["videos"]["unlabeled"] else []
-    return data.shard_urls(root, "labeled") + unlabeled
+    unlabeled = source.shards("unlabeled") if source.dataset["videos"]["unlabeled"] else []
+    return source.shards("labeled") + unlabeled
 
 
 def networks(method) -> dict:
@@ -204,12 +186,12 @@ def recompute_bn(nets: dict, config, pool_urls, classes: int, device, autocast, 
     precise_bn.recompute(nets, batches, config.precise_bn_batches, config.size, device, autocast)
 
 
-def validate(net, modality: str, loaders: RunLoaders, config, device, autocast) -> float:
-    """Top-1 (%) of one network on one centre clip per val video, centre-cropped at the training size (the
-    reference's val pipeline), over all ranks. Eager even when compiled: a few batches of other shapes, in eval mode,
-    would each cost a compilation."""
+def validate(net, modality: str, loaders: RunLoaders, config, device, autocast) -> dict:
+    """Top-1, top-5 and mean class accuracy (%) of one network on one centre clip per val video, centre-cropped
+    at the training size (the reference's val pipeline), over all ranks. Eager even when compiled: a few batches of
+    other shapes, in eval mode, would each cost a compilation."""
     with torch.compiler.set_stance("force_eager"):
-        return evaluate(net, loaders.val(modality), device, autocast, crop=config.size, modality=modality)["top1"]
+        return evaluate(net, loaders.val(modality), device, autocast, crop=config.size, modality=modality)
 
 
 def learning_rate(epoch: int, step: int, steps_per_epoch: int, config: TrainConfig, peak: float) -> float:
@@ -252,16 +234,6 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def read_dataset(root: Path) -> dict:
-    try:
-        return schema.read_dataset(root / "dataset.json")
-    except FileNotFoundError:
-        raise UserError(f"{root}: no dataset.json here; point --data at a `tgprep build` output folder") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{root / 'dataset.json'}: {e}; rebuild with tgprep build") from None
-
-
-
 
 def device_and_autocast(choice: str):
     """The device a single process uses, and bf16 autocast on CUDA (a no-op context on the CPU). On CUDA cuDNN
@@ -274,26 +246,23 @@ def device_and_autocast(choice: str):
     return device, torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def trained_rgb_net(ckpt: Path, data_root: Path, device, autocast, workers: int):
+def trained_rgb_net(ckpt: Path, data_root: str, storage: Storage, device, autocast, workers: int):
     """The RGB network of a checkpoint (inference is RGB-only), its config, and the classes; checked against the
     data. Its BN statistics are recomputed on the data's training pool if the run did not do so before saving."""
-    checkpoint = read_checkpoint(ckpt)
-    config = checkpoint_config(checkpoint, ckpt)
-    classes, dataset = checkpoint["classes"], read_dataset(data_root)
-    if dataset["classes"] != classes:
-        raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {data_root}; "
+    net, config, checkpoint = trained_rgb(ckpt)
+    classes, source = checkpoint["classes"], Data(data_root, storage)
+    source.check_cache(streams=1, workers=workers, shuffle=data.SHUFFLE)  # PreciseBN's stream, then the test's
+    if source.dataset["classes"] != classes:
+        raise UserError(f"{ckpt}: trained on {len(classes)} classes that differ from those of {source.location}; "
                         "evaluate on the dataset it was trained on")
-    method = build_method(config, len(classes))
-    load_weights(method, checkpoint, ckpt)
-    method.to(device)
+    net.to(device)
     if config.precise_bn_batches and not checkpoint.get("precise_bn"):
-        recompute_bn({"rgb": method.rgb}, config, pool_shards(data_root, dataset), len(classes), device, autocast,
-                     workers)
-    return method.rgb, config, classes
+        recompute_bn({"rgb": net}, config, pool_shards(source), len(classes), device, autocast, workers)
+    return net, config, classes, source
 
 
-def test_stream(config: TrainConfig, data_root: Path, clips, crops, batch_size, workers, classes: int):
-    stream = data.eval_stream(data.shard_urls(data_root, "val"), batch_size=batch_size, clip_len=config.clip_len,
+def test_stream(config: TrainConfig, source: Data, clips, crops, batch_size, workers, classes: int):
+    stream = data.eval_stream(source.shards("val"), batch_size=batch_size, clip_len=config.clip_len,
                               interval=config.frame_interval, size=config.load_size,
                               clips=clips or config.test_clips, crops=int(crops or config.test_crops), classes=classes)
     return data.loader(stream, workers)
@@ -305,18 +274,41 @@ def test_crop(config: TrainConfig) -> int | None:
     return config.size if config.test_views == "center" else None
 
 
-def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device) -> str:
+MAX_BATCH_BYTES = 4 << 30  # uint8 views of one evaluation batch; the defaults of a dataset preset take 0.2 GB
+
+
+def check_batch(config: TrainConfig, clips, crops, batch_size: int) -> None:
+    """A batch of test views that would not fit in memory is one line, before anything is decoded."""
+    views = batch_size * (clips or config.test_clips) * int(crops or config.test_crops)
+    size = views * config.clip_len * config.load_size ** 2 * 3
+    if size > MAX_BATCH_BYTES:
+        raise UserError(f"--batch-size {batch_size} x {views // batch_size} views of {config.clip_len} frames at "
+                        f"{config.load_size} px: {size / 1e9:.1f} GB per batch, over {MAX_BATCH_BYTES / 1e9:.1f} GB; "
+                        "lower --batch-size or --clips")
+
+
+def evaluate_checkpoint(ckpt, data, clips, crops, batch_size, workers, device, png=None,
+                        storage: Storage = Storage()) -> str:
     """`tgtrain eval`: clips x crops views per video (squares along the long side, as test_views says), RGB only,
-    as a printable report."""
+    as a printable report; png: also draw the confusion matrix there."""
     device, autocast = device_and_autocast(device)
-    net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
-    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
-    return format_report(evaluate(net, stream, device, autocast, crop=test_crop(config)), classes)
+    net, config, classes, source = trained_rgb_net(ckpt, data, storage, device, autocast, workers)
+    check_batch(config, clips, crops, batch_size)
+    stream = test_stream(config, source, clips, crops, batch_size, workers, len(classes))
+    found = evaluate(net, stream, device, autocast, crop=test_crop(config))
+    if png:
+        with run_folder.writing(Path(png).parent, then="run it again"):
+            plot_confusion(found["confusion"], classes, png, title=f"{Path(*Path(ckpt).parts[-2:])}: top-1 "
+                           f"{found['top1']:.1f} %, mean class accuracy {found['mean_class']:.1f} %\n"
+                           f"{found['videos']} val videos, {clips or config.test_clips} clips x "
+                           f"{crops or config.test_crops} crops each")
+    return format_report(found, classes)
 
 
-def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device) -> int:
+def predict_checkpoint(ckpt, data, out, clips, crops, batch_size, workers, device, storage: Storage = Storage()) -> int:
     """`tgtrain predict`: per-video scores and pooled features to HDF5; returns the number of videos."""
     device, autocast = device_and_autocast(device)
-    net, config, classes = trained_rgb_net(ckpt, data, device, autocast, workers)
-    stream = test_stream(config, data, clips, crops, batch_size, workers, len(classes))
+    net, config, classes, source = trained_rgb_net(ckpt, data, storage, device, autocast, workers)
+    check_batch(config, clips, crops, batch_size)
+    stream = test_stream(config, source, clips, crops, batch_size, workers, len(classes))
     return write_predictions(net, stream, device, autocast, out, classes, crop=test_crop(config))

@@ -13,10 +13,12 @@ trainer holds a tensor of it, and when every slot is in use (a consumer that hol
 one more, used once.
 
 On CUDA the training process also page-locks each kept slot once (cudaHostRegister), so a batch goes to the GPU
-straight from its slot by DMA, without a blocking copy: torch's pin_memory would copy every batch into pinned
-memory first (about 12 MB per stream and step at the paper's batch). A copy from the slot may still be running when
-the last tensor over the batch is freed, so a pinned slot is marked free only once a CUDA event recorded at that
-moment has completed (every copy issued from the batch comes before it on the stream).
+straight from its slot by DMA: torch's pin_memory thread, which receives the batches, finds them pinned already and
+copies nothing, where it would copy every batch into pinned memory (about 12 MB per stream and step at the paper's
+batch). A copy from the slot may still be running when the last tensor over the batch is freed, so a pinned slot is
+marked free only once a CUDA event recorded at that moment has completed (every copy issued from the batch comes
+before it on the stream). The pin thread maps and frees slots, the training thread releases them: one lock keeps
+the counts.
 
 Outside a worker, and where there is no memfd (it is Linux's), batch() stacks plain tensors, which the
 DataLoader moves into shared memory as usual.
@@ -26,6 +28,7 @@ import itertools
 import math
 import mmap
 import os
+import threading
 import weakref
 from collections import OrderedDict, deque
 from multiprocessing.reduction import DupFd
@@ -115,24 +118,26 @@ class _Mapping:
 
 _mapped: OrderedDict = OrderedDict()  # kept slots' key -> _Mapping, the least recently used first
 _unpinning: deque = deque()  # (CUDA event, _Mapping) of freed batches whose copies may still run
+_lock = threading.RLock()  # over the two above and the users counts; re-entered when a finalizer runs inside
 
 
 def _rebuild(fd: DupFd, size: int, layout: dict, rest: dict, key=None) -> dict:
     """In the training process: the batch's tensors over its slot, which is freed with the last of them."""
-    _free_copied()
     fd = fd.detach()
-    try:
-        mapping = _mapped.get(key) if key is not None else None
-        if mapping is None:
-            mapping = _Mapping(fd, size)
-            if key is not None:
-                _mapped[key] = mapping
-                _let_go()
-    finally:
-        os.close(fd)
-    if key is not None:
-        _mapped.move_to_end(key)
-    mapping.users += 1
+    with _lock:
+        _free_copied()
+        try:
+            mapping = _mapped.get(key) if key is not None else None
+            if mapping is None:
+                mapping = _Mapping(fd, size)
+                if key is not None:
+                    _mapped[key] = mapping
+                    _let_go()
+        finally:
+            os.close(fd)
+        if key is not None:
+            _mapped.move_to_end(key)
+        mapping.users += 1
     view = memoryview(mapping.map)
     # torch holds the view for as long as any tensor over it lives; nothing is left to free at exit
     weakref.finalize(view, _release, mapping).atexit = False
@@ -142,12 +147,13 @@ def _rebuild(fd: DupFd, size: int, layout: dict, rest: dict, key=None) -> dict:
 
 
 def _release(mapping: _Mapping) -> None:
-    if mapping.pinned:  # after the copies from it that the stream holds
-        event = torch.cuda.Event()
-        event.record()
-        _unpinning.append((event, mapping))
-    else:
-        _free(mapping)
+    with _lock:
+        if mapping.pinned:  # after the copies from it that the stream holds
+            event = torch.cuda.Event()
+            event.record()
+            _unpinning.append((event, mapping))
+        else:
+            _free(mapping)
 
 
 def _free(mapping: _Mapping) -> None:
