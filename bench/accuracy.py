@@ -49,9 +49,13 @@ def run(shards_dir: Path, method: str, ratio: float, seed: int, work: Path, sett
     scored = [r for r in records if "val_top1" in r]
     row = dict(method=method, ratio=ratio, seed=seed, best_top1=max(r["val_top1"] for r in scored),
                last_top1=scored[-1]["val_top1"], minutes=round((time.perf_counter() - started) / 60, 2),
-               cpu_minutes=round((time.process_time() - cpu) / 60, 2))
+               cpu_minutes=round((time.process_time() - cpu) / 60, 2), settings=list(settings))
     if "val_top1_tg" in scored[-1]:
         row["last_top1_tg"] = scored[-1]["val_top1_tg"]
+    if method == "fixmatch":
+        row["threshold"] = config.fixmatch_threshold
+    if "mask_rate" in scored[-1]:  # the last epoch's pseudo-labels: how many kept, how many of those right (%)
+        row.update(last_kept=100 * scored[-1]["mask_rate"], last_right=100 * scored[-1]["pseudo_acc"])
     return row
 
 
@@ -113,13 +117,24 @@ def cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)} runs)"
 
 
+def label(row: dict) -> str:
+    """The row's name in the table: its method, for fixmatch its threshold, and the settings it ran with over the
+    tiny preset's, so that runs of different settings are different rows (older rows recorded neither)."""
+    if row["method"] == "probe":
+        return "single-frame 2D probe"
+    name = f"{row['method']} ({row['threshold']:g})" if row.get("threshold") is not None else row["method"]
+    settings = [s for s in row.get("settings", ()) if not s.startswith("fixmatch_threshold=")]
+    return f"{name} [{', '.join(settings)}]" if settings else name
+
+
 def table(rows: list[dict]) -> str:
     """The markdown table: per (ratio, method) the last and best epoch's val top-1 over seeds, and minutes."""
     order = {m: i for i, m in enumerate((*METHODS, "probe"))}
-    keys = sorted({(r["ratio"], r["method"]) for r in rows}, key=lambda k: (k[1] == "probe", -k[0], order[k[1]]))
+    keys = sorted({(r["ratio"], r["method"], label(r)) for r in rows},
+                  key=lambda k: (k[1] == "probe", -k[0], order[k[1]], k[2]))
     lines = ["| labeled | method | last epoch | best epoch | minutes per run (CPU minutes) |", "| --- | --- | --- | --- | --- |"]
-    for ratio, method in keys:
-        runs = [r for r in rows if (r["ratio"], r["method"]) == (ratio, method)]
+    for ratio, method, name in keys:
+        runs = [r for r in rows if (r["ratio"], label(r)) == (ratio, name)]
         last = cell([r["last_top1"] for r in runs])
         if method == "ltg" and runs[0].get("last_top1_tg") is not None:
             last += f" (TG {statistics.mean(r['last_top1_tg'] for r in runs):.1f})"
@@ -129,7 +144,6 @@ def table(rows: list[dict]) -> str:
             minutes = f"{statistics.mean(r['minutes'] for r in runs):.1f}"
             if runs[0].get("cpu_minutes") is not None:
                 minutes += f" ({statistics.mean(r['cpu_minutes'] for r in runs):.1f} CPU)"
-        name = "single-frame 2D probe" if method == "probe" else method
         lines.append(f"| {ratio * 100:.0f} % | {name} | {last} | {best} | {minutes} |")
     return "\n".join(lines)
 
@@ -146,7 +160,8 @@ def run_rows(folders: list[Path]) -> list[dict]:
         rows.append(dict(method=config["method"], ratio=built["ratio"], seed=config["seed"],
                          best_top1=max(r["val_top1"] for r in scored), last_top1=scored[-1]["val_top1"],
                          minutes=round(sum(seconds) / 60, 2) if seconds else None,
-                         last_top1_tg=scored[-1].get("val_top1_tg")))
+                         last_top1_tg=scored[-1].get("val_top1_tg"),
+                         threshold=config["fixmatch_threshold"] if config["method"] == "fixmatch" else None))
     return rows
 
 

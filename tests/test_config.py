@@ -29,7 +29,7 @@ def assert_one_line_error(result, *words: str) -> None:
 # configs/ucf101_main/*180e*, configs/k400-fixmatch-tg-alignment-videos-ptv-simclr/8gpu/*90e*10percent*.
 SHARED = dict(lr=0.2, momentum=0.9, weight_decay=1e-4, clip_grad=40.0, warmup_start=0.1, threshold=0.3, width=64,
               blocks=[2, 2, 2, 2], clip_len=8, frame_interval=8, size=224, load_size=256, precise_bn_every=5,
-              eval_every=5, test_views="full", test_clips=10, test_crops=3, sync_bn=True)
+              eval_every=5, test_views="full", test_clips=10, test_crops=3, sync_bn=True, warmup_strong=True)
 REFERENCE = {
     "hmdb51": dict(SHARED, epochs=360, warmup_epochs=60, supervised_epochs=60, batch_size=5, lr_clips=80,
                    precise_bn_batches=120),

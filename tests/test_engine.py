@@ -238,6 +238,25 @@ def test_a_training_step_reads_no_value_back():
     assert all(isinstance(v, float) for v in means.values())
 
 
+@pytest.mark.parametrize("name", ["fixmatch", "ltg"])
+def test_strong_views_go_through_the_warm_up_unless_warmup_strong_is_off(name):
+    """As the reference, each network sees labeled, weak and strong clips at once from the first step (its BN
+    statistics include the strong views); with warmup_strong off, the strong views wait for the unlabeled losses."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (4, 4, 16, 16, 3)
+    clips = {m: torch.randint(256, shape, dtype=torch.uint8, generator=generator) for m in ("rgb", "tg")}
+    labels = {"label": torch.arange(4) % 3, "true_label": torch.arange(4) % 3}
+    for warmup_strong, sizes in ((True, [12, 12]), (False, [8, 12])):  # in the warm-up, then after it
+        method = build_method(micro(Path("."), Path("."), name, warmup_strong=warmup_strong), 3)
+        seen = []
+        for network in (getattr(method, modality) for modality in method.modalities):
+            network.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+        for use_unlabeled in (False, True):
+            seen.clear()
+            method({**clips, **labels}, {**clips, **labels}, use_unlabeled, generator)
+            assert set(seen) == {sizes[use_unlabeled]}, (name, warmup_strong, use_unlabeled, seen)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_training_step_makes_no_host_sync():
     """Under torch.cuda.set_sync_debug_mode("error") every synchronising call (a value read, a blocking copy)

@@ -23,6 +23,20 @@ def test_pseudo_labels_softmax_the_averaged_logits():
     assert pseudo_labels(rgb, tg, threshold=0.46)[1].tolist() == [False]
 
 
+def test_pseudo_labels_weigh_the_modalities_and_equal_weights_are_the_plain_mean():
+    rgb = torch.tensor([[3.0, 0.0, 0.0]])
+    tg = torch.tensor([[-3.0, 1.0, 0.0]])
+    assert pseudo_labels(rgb, tg, threshold=0.45, weights=(1.0, 0.0))[0].tolist() == [0]  # RGB's alone
+    labels, mask = pseudo_labels(rgb, tg, threshold=0.5, weights=(0.25, 0.75))  # logits (-1.5, 0.75, 0): class 1
+    assert labels.tolist() == [1] and mask.tolist() == [True]  # p = e^0.75 / (e^0.75 + e^-1.5 + 1) = 0.63
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(64, 51, generator=generator) * 4 for _ in range(2))
+    probs = torch.stack([a, b]).mean(0).softmax(-1).max(-1)
+    for weights in (None, (0.5, 0.5)):
+        labels, mask = pseudo_labels(a, b, threshold=0.3, weights=weights)
+        assert torch.equal(labels, probs.indices) and torch.equal(mask, probs.values >= 0.3)
+
+
 def test_pseudo_labels_threshold_edges_and_a_single_modality():
     logits = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 5.0]], requires_grad=True)
     labels, mask = pseudo_labels(logits, threshold=0.5)  # FixMatch: one modality; p = 0.5 exactly is kept

@@ -6,13 +6,16 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def pseudo_labels(*logits, threshold: float = 0.3):
+def pseudo_labels(*logits, threshold: float = 0.3, weights=None):
     """(labels, mask) from the weak-view logits of one modality (FixMatch) or several (LTG: RGB and TG).
 
     The logits are averaged, then softmaxed, as the reference code does ("avg" pseudo_label_metric); a clip is
-    kept when its top probability is at least `threshold` (the reference compares with >=).
+    kept when its top probability is at least `threshold` (the reference compares with >=). `weights`, one per
+    modality and summing to 1, weigh the average; the default, equal weights, is the reference's plain mean (and
+    bit for bit the same: halving a float is exact).
     """
-    probs = torch.stack(logits).float().mean(0).softmax(-1)
+    weights = weights or [1 / len(logits)] * len(logits)
+    probs = sum(w * x.float() for w, x in zip(weights, logits, strict=True)).softmax(-1)
     confidence, labels = probs.max(-1)
     return labels, confidence >= threshold
 

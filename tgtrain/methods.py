@@ -7,6 +7,7 @@ as the weak view already (the loader crops and flips them, tgtrain.clips); the s
 FixMatch and LTG forward the strong views from the first step, also during the supervised warm-up when no loss
 uses them, as the reference code does: its batch of labeled, weak and strong clips goes through each network at
 once, so BN's batch statistics (and, through them, the supervised gradient) always include the strong views.
+`warmup_strong = false` leaves them out until the warm-up ends (the tiny preset's, see tgtrain/config.py).
 """
 
 import torch
@@ -28,6 +29,14 @@ class Method(nn.Module):
 
     def normalize(self, clips):
         return augment.normalize(clips, input_format(self.config.channels_last))
+
+    def strong_views(self, unlabeled, use_unlabeled, generator) -> list:
+        """The strong view of each modality's unlabeled clips (ops drawn independently per modality), or empty
+        batches during the supervised warm-up when warmup_strong is off."""
+        c, clips = self.config, [unlabeled[m] for m in self.modalities]
+        if not (use_unlabeled or c.warmup_strong):
+            return [x[:0] for x in clips]
+        return augment.strong(*clips, generator=generator, n_ops=c.strong_ops, magnitude=c.strong_magnitude)
 
 
 class Supervised(Method):
@@ -52,7 +61,7 @@ class FixMatch(Supervised):
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
         c, b = self.config, len(labeled["label"])
-        strong = augment.strong(unlabeled["rgb"], generator=generator, n_ops=c.strong_ops, magnitude=c.strong_magnitude)
+        strong = self.strong_views(unlabeled, use_unlabeled, generator)
         logits = self.rgb(self.normalize(torch.cat([labeled["rgb"], unlabeled["rgb"], *strong]))).logits.float()
         sup = F.cross_entropy(logits[:b], labeled["label"])
         stats = {"loss_sup": sup.detach()}
@@ -83,8 +92,7 @@ class LTG(Method):
 
     def forward(self, labeled, unlabeled=None, use_unlabeled=False, generator=None):
         c, b = self.config, len(labeled["label"])
-        rgb_s, tg_s = augment.strong(unlabeled["rgb"], unlabeled["tg"], generator=generator, n_ops=c.strong_ops,
-                                     magnitude=c.strong_magnitude)  # drawn independently for RGB and TG
+        rgb_s, tg_s = self.strong_views(unlabeled, use_unlabeled, generator)
         rgb = self.rgb(self.normalize(torch.cat([labeled["rgb"], unlabeled["rgb"], rgb_s])))
         tg = self.tg(self.normalize(torch.cat([labeled["tg"], unlabeled["tg"], tg_s])))
 
@@ -96,7 +104,8 @@ class LTG(Method):
         loss = c.weight_sup * sup + c.weight_align * align + c.weight_contrast * contrast
         stats = {"loss_sup": sup.detach(), "loss_align": align.detach(), "loss_contrast": contrast.detach()}
         if use_unlabeled:
-            labels, mask = losses.pseudo_labels(rgb.logits[b:2 * b], tg.logits[b:2 * b], threshold=c.threshold)
+            labels, mask = losses.pseudo_labels(rgb.logits[b:2 * b], tg.logits[b:2 * b], threshold=c.threshold,
+                                                weights=(c.pseudo_rgb_share, 1 - c.pseudo_rgb_share))
             unsup = losses.unlabeled_loss(rgb.logits[2 * b:], labels, mask) + losses.unlabeled_loss(tg.logits[2 * b:], labels, mask)
             loss = loss + c.weight_unsup * unsup
             stats.update(loss_unsup=unsup.detach(), **pseudo_label_stats(labels, mask, unlabeled))
