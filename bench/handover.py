@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s scripts, imported as modules
-from loader import cpu_seconds  # noqa: E402
+from measure import cpu_seconds, worker_pids  # noqa: E402
 
 from tgtrain import shared_batches  # noqa: E402
 from tgtrain.data import loader  # noqa: E402
@@ -49,10 +49,11 @@ def in_new_shared_memory(clips: list[torch.Tensor]) -> torch.Tensor:
 
 def per_batch(way: str, batches: int, workers: int) -> tuple[float, float, float]:
     """(wall ms, CPU ms of all processes, CPU ms of the training process) per batch."""
-    it = iter(loader(Ready(way, batches + workers), workers))
+    data = loader(Ready(way, batches + workers), workers)
+    it = iter(data)
     for _ in range(workers):
         next(it)
-    pids = [w.pid for w in it._workers]
+    pids = worker_pids(data)
     wall, cpu, main = time.perf_counter(), cpu_seconds(pids), time.process_time()
     for _ in range(batches):
         next(it)

@@ -26,11 +26,9 @@ work, and that ratio suffers less from it.
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 
@@ -43,6 +41,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s scripts, imported as modules
 import corpus  # noqa: E402
+from measure import clips_per_second  # noqa: E402
 import paper_tools  # noqa: E402
 import prep  # noqa: E402
 
@@ -51,7 +50,7 @@ from tgprep.config import BuildConfig  # noqa: E402
 from tgprep.sample import read_meta  # noqa: E402
 from tgtrain.clips import choose_reduce, crop_box, resized_crop, train_indices  # noqa: E402
 from tgtrain import shared_batches  # noqa: E402
-from tgtrain.data import loader, shard_urls, tar_samples, train_stream, worker  # noqa: E402
+from tgtrain.data import shard_urls, tar_samples, train_stream, worker  # noqa: E402
 
 CLIP_LEN, INTERVAL = 8, 8
 TARGET_FOLDERS, TARGET_PYAV, TARGET_LIMIT = 1.5, 2.0, 0.95  # ours >= 1.5x (a), >= 2x (b), >= 0.95x the limit
@@ -149,37 +148,6 @@ def shard_jpegs(urls: list[str], frames: int) -> list[list[bytes]]:
                  for a, b in zip(meta[f"{m}_offsets"], meta[f"{m}_offsets"][1:])]
         out.append(jpegs[:: max(1, len(jpegs) // frames)])
     return out
-
-
-# -- measuring ----------------------------------------------------------------------------------------------
-
-def clips_per_second(dataset, workers: int, batches: int, batch: int) -> tuple[float, float]:
-    """(clips per second, clips per CPU second) of `batches` batches, once every worker has delivered its first."""
-    if isinstance(dataset, IterableDataset):
-        data = loader(dataset, workers)
-    else:  # a map-style Dataset, batched by the DataLoader as the reference's is
-        data = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                           persistent_workers=workers > 0, drop_last=True)
-    it = iter(data)
-    for _ in range(max(workers, 1)):
-        next(it)
-    pids = [w.pid for w in getattr(it, "_workers", [])]
-    start, cpu, clips = time.perf_counter(), cpu_seconds(pids), 0
-    for _ in range(batches):
-        clips += len(next(it)["rgb"])
-    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu
-    del it  # ends the workers before the next way starts
-    return clips / seconds, clips / cpu
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """This process's CPU time and that of the given (running) worker processes, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = time.process_time()
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
 
 
 def training_videos(shards: Path, corpus: Path, folders: Path, counts: dict[str, int]) -> list[tuple[Path, Path, int]]:

@@ -31,7 +31,8 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s scripts, imported as modules
 import corpus  # noqa: E402
-from loader import CLIP_LEN, INTERVAL, clips_per_second  # noqa: E402
+from loader import CLIP_LEN, INTERVAL  # noqa: E402
+from measure import clips_per_second  # noqa: E402
 
 from tgprep.build import build  # noqa: E402
 from tgprep.config import BuildConfig  # noqa: E402

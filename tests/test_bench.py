@@ -5,7 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +29,25 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
         assert row["verdict"].startswith(("fed from", "starved", "slowed"))
     assert set(result["loader_clips_s"]) == {"1", "2"} and all(v > 0 for v in result["loader_clips_s"].values())
     assert "| eager | " in done.stdout and "| channels-last | " in done.stdout
+
+
+class Spin(torch.utils.data.IterableDataset):
+    """Batches that each cost their worker SPIN seconds of CPU."""
+
+    def __iter__(self):
+        for _ in range(20):
+            end = time.process_time() + SPIN
+            while time.process_time() < end:
+                pass
+            yield {"rgb": torch.zeros(2, 1)}
+
+
+SPIN = 0.05
+
+
+def test_the_loader_bench_counts_its_workers_cpu():
+    """bench/loader.py's clips per CPU second count the workers' CPU, behind tgtrain's persistent loader too."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from measure import clips_per_second
+    clips_s, clips_per_cpu_s = clips_per_second(Spin(), workers=1, batches=6, batch=2)
+    assert clips_per_cpu_s <= 2 / SPIN * 1.05, (clips_s, clips_per_cpu_s)  # 2 clips per SPIN CPU seconds at best
