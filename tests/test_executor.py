@@ -133,7 +133,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_a_resumable_output(videos, referenc
     workers = children(process.pid)
     os.killpg(process.pid, signal.SIGINT)  # what the terminal sends to the whole foreground group
     _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "interrupted: run the same command again to resume"
     assert "Traceback" not in stderr and not list(out.glob("*.tmp*"))
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
