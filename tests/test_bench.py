@@ -42,7 +42,7 @@ class Spin(torch.utils.data.IterableDataset):
             yield {"rgb": torch.zeros(2, 1)}
 
 
-SPIN = 0.05
+SPIN = 0.1
 
 
 def test_the_loader_bench_counts_its_workers_cpu():
@@ -50,4 +50,5 @@ def test_the_loader_bench_counts_its_workers_cpu():
     sys.path.insert(0, str(ROOT / "bench"))
     from measure import clips_per_second
     clips_s, clips_per_cpu_s = clips_per_second(Spin(), workers=1, batches=6, batch=2)
-    assert clips_per_cpu_s <= 2 / SPIN * 1.05, (clips_s, clips_per_cpu_s)  # 2 clips per SPIN CPU seconds at best
+    # 2 clips per SPIN CPU seconds at best; /proc counts in ticks of 10 ms (a worker left uncounted reads 10x more)
+    assert clips_per_cpu_s <= 2 / SPIN * 1.2, (clips_s, clips_per_cpu_s)

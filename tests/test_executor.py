@@ -53,9 +53,16 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """The build's Ctrl-C as a terminal's foreground job has it: tests started in the background of a script inherit
+    an ignored SIGINT (so does any process they start, which then finishes through a Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait_for_shards(args: list[str], out: Path, shards: int = 1) -> subprocess.Popen:
     """Start a build in its own session; return once `shards` sidecars are written and two workers run."""
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 60
     while (len(list(out.glob("*-*.json"))) < shards or len(children(process.pid)) < 2) and time.monotonic() < deadline:
         time.sleep(0.01)
