@@ -1,6 +1,8 @@
 """tgtrain.data on real tars: clip indices, batches, RGB/TG pairing, epoch length, DDP splits, bad shards."""
 
+import gc
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -426,3 +428,26 @@ def test_real_clips_of_different_shapes_batch_together(real_videos, tmp_path):
     views = next(iter(eval_stream(urls, batch_size=2, clip_len=2, interval=4, size=112, reduce=2, clips=1, crops=3)))
     wide = views["rgb"][[i for i, key in enumerate(views["key"]) if "RATRACE" in key][0]].float()
     assert (wide[0] - wide[2]).abs().mean() > 10  # the left and the right square of the wide frame differ
+
+
+class Counting(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield from (torch.tensor([i]) for i in range(1000))
+
+
+def test_a_loader_whose_start_a_dead_worker_cut_short_shuts_down_without_a_traceback(monkeypatch):
+    """A worker that dies while the loader starts the others trips torch's SIGCHLD handler before the iterator has
+    its worker-status list; torch's own shutdown then printed an AttributeError traceback after tgtrain's line.
+    Here the iterator is made whole, then put in that state; its shutdown must end its worker, silently."""
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    data = loader(Counting(), 1)
+    next(iter(data))
+    workers = list(data._iterator._workers)
+    del data._iterator._workers_status  # as the iterator is when the SIGCHLD handler raises during its start
+    del data
+    gc.collect()
+    assert not unraisable, [str(u.exc_value) for u in unraisable]
+    for w in workers:
+        w.join(timeout=10)
+    assert not [w for w in workers if w.is_alive()]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from tgprep.sample import SampleError, decode_frames, read_cls
 from tgprep.video_decode import clip_frames
@@ -279,6 +280,9 @@ class Loader(DataLoader):
                          persistent_workers=workers > 0, timeout=min(POLL, patience) if workers > 0 else 0)
         self.patience = patience
 
+    def _get_iterator(self):
+        return _Iterator(self) if self.num_workers else super()._get_iterator()
+
     def __iter__(self):
         batches, waited = super().__iter__(), 0.0
         while True:
@@ -295,3 +299,13 @@ class Loader(DataLoader):
                 continue
             waited = 0.0
             yield batch
+
+
+class _Iterator(_MultiProcessingDataLoaderIter):
+    """torch's iterator, whose shutdown also works when a dead worker's SIGCHLD cut its start short: torch's own
+    then fails on a list it had not made yet, and prints that traceback after tgtrain's one line."""
+
+    def __del__(self):
+        if not hasattr(self, "_workers_status"):
+            self._workers_status = [False] * self._num_workers
+        super().__del__()
