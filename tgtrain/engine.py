@@ -109,7 +109,7 @@ def _train(config: TrainConfig, resume: bool, storage: Storage, rank: int, world
         bar.close()
         seconds = time.perf_counter() - tick
         note = waiting.starved(batches.waited, seconds, config.workers)
-        if note and rank == 0 and not warned:
+        if note and rank == 0 and not warned and epoch > start:  # the first epoch's wait holds the workers' start-up
             print(note, file=sys.stderr)
             warned = True
         if epoch == start and rank == 0 and (compiled := execution.compile_note(config.compile)):

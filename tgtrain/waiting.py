@@ -1,4 +1,5 @@
-"""How long the training step waits on its data, and the warning when that is more than a fifth of an epoch.
+"""How long the training step waits on its data, and the warning when that is more than a fifth of an epoch (from a
+run's second epoch: its first holds the loader workers' start-up, which more workers would only lengthen).
 
 A loader with too few workers starves the model: the step then waits for each batch, and adding loader processes
 (`--workers`) is what helps, up to one per free core (tgtrain.data's docstring gives clips per CPU second).
